@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: MPL-2.0
+//! dma-buf fds: CPU access bracketing (`DMA_BUF_IOCTL_SYNC`), names, sizes.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use rustix::ioctl::{IntegerSetter, Opcode, Setter, opcode};
+
+use super::{Error, Result};
+
+#[repr(C)]
+struct DmaBufSync {
+    flags: u64,
+}
+
+const DMA_BUF_SYNC_READ: u64 = 1 << 0;
+const DMA_BUF_SYNC_WRITE: u64 = 1 << 1;
+const DMA_BUF_SYNC_START: u64 = 0;
+const DMA_BUF_SYNC_END: u64 = 1 << 2;
+const DMA_BUF_IOCTL_SYNC: Opcode = opcode::write::<DmaBufSync>(b'b', 0);
+// `_IOW('b', 1, const char *)`: the argument is the pointer itself.
+const DMA_BUF_SET_NAME: Opcode = opcode::write::<u64>(b'b', 1);
+/// `DMA_BUF_NAME_LEN`, including the terminating NUL.
+const NAME_LEN: usize = 32;
+
+/// The direction of a CPU access to a dma-buf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncAccess {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl SyncAccess {
+    fn flags(self) -> u64 {
+        match self {
+            SyncAccess::Read => DMA_BUF_SYNC_READ,
+            SyncAccess::Write => DMA_BUF_SYNC_WRITE,
+            SyncAccess::ReadWrite => DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE,
+        }
+    }
+}
+
+fn sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
+    loop {
+        // SAFETY: DMA_BUF_IOCTL_SYNC takes a `struct dma_buf_sync`, which the kernel only reads.
+        let res = unsafe {
+            rustix::ioctl::ioctl(fd, Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags }))
+        };
+        match res {
+            // The kernel may be interrupted while waiting for fences: try again, as libdrm does.
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "DMA_BUF_IOCTL_SYNC",
+                    source: e.into(),
+                });
+            }
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Begins CPU access: caches are made coherent with what devices wrote.
+pub fn sync_start(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
+    sync(fd, DMA_BUF_SYNC_START | access.flags())
+}
+
+/// Ends CPU access begun with [`sync_start`]: what the CPU wrote becomes visible to devices.
+pub fn sync_end(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
+    sync(fd, DMA_BUF_SYNC_END | access.flags())
+}
+
+/// The dma-buf's size in bytes (dma-bufs answer `lseek(SEEK_END)`).
+pub fn dmabuf_size(fd: BorrowedFd<'_>) -> Result<u64> {
+    use rustix::fs::SeekFrom;
+    let size = rustix::fs::seek(fd, SeekFrom::End(0)).map_err(|e| Error::Io {
+        op: "lseek on dma-buf (is this fd a dma-buf?)",
+        source: e.into(),
+    })?;
+    let _ = rustix::fs::seek(fd, SeekFrom::Start(0));
+    Ok(size)
+}
+
+/// Names the dma-buf, so it can be recognised in /sys/kernel/debug/dma_buf/bufinfo and in
+/// /proc/<pid>/fdinfo. Names are cut to the kernel's 31 bytes.
+pub fn set_dmabuf_name(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(NAME_LEN - 1).collect();
+    bytes.push(0);
+    // SAFETY: DMA_BUF_SET_NAME reads a NUL-terminated string of at most NAME_LEN bytes from the
+    // pointer passed as the argument; `bytes` outlives the call.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            IntegerSetter::<DMA_BUF_SET_NAME>::new_pointer(bytes.as_mut_ptr().cast()),
+        )
+    }
+    .map_err(|e| Error::Io {
+        op: "DMA_BUF_SET_NAME",
+        source: e.into(),
+    })
+}
+
+/// The dma-buf's name as the kernel reports it in fdinfo ("" when unnamed), or `None` when the
+/// fd is not a dma-buf.
+pub fn dmabuf_name(fd: BorrowedFd<'_>) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    // Only dma-bufs have an "exp_name:" line; "name:" follows it.
+    info.lines().find(|l| l.starts_with("exp_name:"))?;
+    Some(
+        info.lines()
+            .find_map(|l| l.strip_prefix("name:"))
+            .map(|n| n.trim().to_string())
+            .unwrap_or_default(),
+    )
+}

@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: MPL-2.0
+//! DMA-BUF heaps (`/dev/dma_heap/<name>`): system, CMA and vendor heaps.
+//!
+//! Allocation goes through the `dma-heap` crate (fd_flags `O_RDWR | O_CLOEXEC`, heap opened
+//! `O_RDONLY | O_CLOEXEC` as libcamera does); this module adds discovery, the selection policy
+//! and errors that list what exists.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use super::{Error, Result};
+
+pub const HEAP_DIR: &str = "/dev/dma_heap";
+
+/// Names the CMA heap goes by, in the order `auto` tries them: "linux,cma" on most boards,
+/// "reserved" when the area comes from a reserved-memory node or `cma=`, "default_cma_region"
+/// from Linux 6.17 on.
+pub const CMA_HEAP_NAMES: &[&str] = &["linux,cma", "reserved", "default_cma_region"];
+
+/// Which heap to allocate from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeapSelection {
+    /// A physically contiguous CMA heap if there is one, else `system`.
+    Auto,
+    /// The first of these names that exists.
+    Names(Vec<String>),
+}
+
+impl HeapSelection {
+    /// Parses `auto`, a heap name, or a comma-separated list of names in order of preference.
+    /// Heap names may themselves contain a comma ("linux,cma"): a pair of items that forms a
+    /// known or existing heap name is read as that name. `cma` stands for any CMA heap.
+    pub fn parse(spec: &str) -> HeapSelection {
+        let spec = spec.trim();
+        if spec.is_empty() || spec == "auto" {
+            return HeapSelection::Auto;
+        }
+        let known: Vec<String> = CMA_HEAP_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(available_heaps())
+            .collect();
+        let items: Vec<&str> = spec.split(',').map(str::trim).collect();
+        let mut names = Vec::new();
+        let mut i = 0;
+        while i < items.len() {
+            if i + 1 < items.len() {
+                let joined = format!("{},{}", items[i], items[i + 1]);
+                if known.contains(&joined) {
+                    names.push(joined);
+                    i += 2;
+                    continue;
+                }
+            }
+            if items[i] == "cma" {
+                names.extend(CMA_HEAP_NAMES.iter().map(|s| s.to_string()));
+            } else if !items[i].is_empty() {
+                names.push(items[i].to_string());
+            }
+            i += 1;
+        }
+        HeapSelection::Names(names)
+    }
+
+    /// The heap names to try, in order.
+    pub fn candidates(&self) -> Vec<String> {
+        match self {
+            HeapSelection::Auto => CMA_HEAP_NAMES
+                .iter()
+                .copied()
+                .chain(["system"])
+                .map(str::to_string)
+                .collect(),
+            HeapSelection::Names(names) => names.clone(),
+        }
+    }
+}
+
+/// The heaps this system offers, sorted by name.
+pub fn available_heaps() -> Vec<String> {
+    let mut heaps: Vec<String> = std::fs::read_dir(HEAP_DIR)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    heaps.sort();
+    heaps
+}
+
+fn available_text() -> String {
+    let heaps = available_heaps();
+    if heaps.is_empty() {
+        format!("none ({HEAP_DIR} is empty or missing: enable CONFIG_DMABUF_HEAPS)")
+    } else {
+        heaps.join(", ")
+    }
+}
+
+/// An open dma-heap.
+#[derive(Debug)]
+pub struct Heap {
+    name: String,
+    path: PathBuf,
+    heap: dma_heap::Heap,
+}
+
+impl Heap {
+    /// Opens `/dev/dma_heap/<name>`.
+    pub fn open(name: &str) -> Result<Heap> {
+        let path = Path::new(HEAP_DIR).join(name);
+        let heap = dma_heap::Heap::new(dma_heap::HeapKind::Custom(path.clone())).map_err(|e| {
+            match e.kind() {
+                std::io::ErrorKind::NotFound => Error::HeapNotFound {
+                    name: name.into(),
+                    available: available_text(),
+                },
+                std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                    path: path.clone(),
+                    hint: "read access to the heap is needed: add the user to its group or \
+                           install a udev rule"
+                        .into(),
+                },
+                _ => Error::from_io("open dma-heap", e),
+            }
+        })?;
+        Ok(Heap {
+            name: name.into(),
+            path,
+            heap,
+        })
+    }
+
+    /// Opens the first heap of `selection` that exists.
+    pub fn select(selection: &HeapSelection) -> Result<Heap> {
+        let candidates = selection.candidates();
+        for name in &candidates {
+            match Heap::open(name) {
+                Err(Error::HeapNotFound { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::HeapNotFound {
+            name: candidates.join(" or "),
+            available: available_text(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the heap hands out physically contiguous memory (for importers without an IOMMU).
+    pub fn is_contiguous(&self) -> bool {
+        CMA_HEAP_NAMES.contains(&self.name.as_str())
+    }
+
+    /// Allocates a dma-buf of `size` bytes (rounded up to pages by the kernel).
+    pub fn allocate(&self, size: usize) -> Result<OwnedFd> {
+        if size == 0 {
+            return Err(Error::Empty);
+        }
+        self.heap.allocate(size).map_err(|e| match Error::from_io("dma-heap allocation", e) {
+            Error::OutOfMemory { op, .. } => Error::OutOfMemory {
+                op,
+                hint: if self.is_contiguous() {
+                    format!(
+                        " ({size} bytes from the CMA heap '{}': the CMA area is exhausted or \
+                         fragmented; free buffers or enlarge it with cma=SIZE on the kernel \
+                         command line)",
+                        self.name
+                    )
+                } else {
+                    format!(" ({size} bytes from heap '{}')", self.name)
+                },
+            },
+            other => other,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_parses_names_with_commas() {
+        assert_eq!(HeapSelection::parse("auto"), HeapSelection::Auto);
+        assert_eq!(HeapSelection::parse(""), HeapSelection::Auto);
+        assert_eq!(
+            HeapSelection::parse("linux,cma,reserved,system"),
+            HeapSelection::Names(vec!["linux,cma".into(), "reserved".into(), "system".into()])
+        );
+        assert_eq!(
+            HeapSelection::parse("system"),
+            HeapSelection::Names(vec!["system".into()])
+        );
+        assert_eq!(
+            HeapSelection::parse("cma, system").candidates(),
+            ["linux,cma", "reserved", "default_cma_region", "system"]
+        );
+    }
+
+    #[test]
+    fn auto_prefers_contiguous_memory() {
+        assert_eq!(HeapSelection::Auto.candidates().last().unwrap(), "system");
+        assert_eq!(HeapSelection::Auto.candidates()[0], "linux,cma");
+    }
+
+    #[test]
+    fn missing_heap_lists_what_exists() {
+        if Path::new(HEAP_DIR).exists() {
+            return; // this host has heaps: the VM suite covers the present case
+        }
+        let err = Heap::open("linux,cma").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "heap 'linux,cma' not found; available: none (/dev/dma_heap is empty or missing: \
+             enable CONFIG_DMABUF_HEAPS)"
+        );
+        let err = Heap::select(&HeapSelection::Auto).unwrap_err();
+        assert!(err.to_string().starts_with("heap 'linux,cma or reserved"), "{err}");
+    }
+}
