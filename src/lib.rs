@@ -3,9 +3,15 @@
 
 use gst::glib;
 
+pub mod formats;
+pub mod heapalloc;
 pub mod kernel;
+pub mod memory;
+pub mod vmemexport;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    heapalloc::register();
+    vmemexport::register(plugin)?;
     Ok(())
 }
 

@@ -7,7 +7,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use gstvmem::kernel::*;
 use rustix::fs::SealFlags;
 
-
 fn page() -> u64 {
     page_size()
 }
@@ -35,11 +34,15 @@ fn read_dmabuf(fd: BorrowedFd<'_>, len: u64) -> Vec<u8> {
 
 fn assert_cloexec(fd: BorrowedFd<'_>, what: &str) {
     let flags = rustix::io::fcntl_getfd(fd).unwrap();
-    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "{what} lacks O_CLOEXEC");
+    assert!(
+        flags.contains(rustix::io::FdFlags::CLOEXEC),
+        "{what} lacks O_CLOEXEC"
+    );
 }
 
 fn errno(e: &Error) -> i32 {
-    e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e:?}"))
+    e.raw_os_error()
+        .unwrap_or_else(|| panic!("no errno in {e:?}"))
 }
 
 #[test]
@@ -64,7 +67,10 @@ fn udmabuf_exports_a_range_at_an_offset() {
     let (memfd, map) = filled_memfd(4, 3);
     let dmabuf = udmabuf().create(memfd.as_fd(), page(), 2 * page()).unwrap();
     let p = page() as usize;
-    assert_eq!(read_dmabuf(dmabuf.as_fd(), 2 * page()), &map.as_slice()[p..3 * p]);
+    assert_eq!(
+        read_dmabuf(dmabuf.as_fd(), 2 * page()),
+        &map.as_slice()[p..3 * p]
+    );
 }
 
 #[test]
@@ -75,8 +81,16 @@ fn udmabuf_create_list_concatenates_ranges() {
     let p = page() as usize;
     let dmabuf = udmabuf()
         .create_list(&[
-            UdmabufRange { memfd: a.as_fd(), offset: page(), size: 2 * page() },
-            UdmabufRange { memfd: b.as_fd(), offset: 0, size: page() },
+            UdmabufRange {
+                memfd: a.as_fd(),
+                offset: page(),
+                size: 2 * page(),
+            },
+            UdmabufRange {
+                memfd: b.as_fd(),
+                offset: 0,
+                size: page(),
+            },
         ])
         .unwrap();
     assert_cloexec(dmabuf.as_fd(), "udmabuf list dma-buf");
@@ -100,14 +114,34 @@ fn udmabuf_rejects_unaligned_ranges_like_the_kernel() {
     let (memfd, _map) = filled_memfd(4, 0);
     let dev = udmabuf();
     let e = dev.create(memfd.as_fd(), 100, page()).unwrap_err();
-    assert!(matches!(e, Error::Unaligned { what: "offset", value: 100, .. }), "{e:?}");
-    assert_eq!(e.to_string(), format!("offset 100 is not a multiple of the page size ({} bytes)", page()));
+    assert!(
+        matches!(
+            e,
+            Error::Unaligned {
+                what: "offset",
+                value: 100,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "offset 100 is not a multiple of the page size ({} bytes)",
+            page()
+        )
+    );
     let e = dev.create(memfd.as_fd(), 0, page() + 1).unwrap_err();
     assert!(matches!(e, Error::Unaligned { what: "size", .. }), "{e:?}");
     // The kernel enforces the same rule: EINVAL.
-    let e = dev.create_unchecked(memfd.as_fd(), 100, page()).unwrap_err();
+    let e = dev
+        .create_unchecked(memfd.as_fd(), 100, page())
+        .unwrap_err();
     assert_eq!(errno(&e), rustix::io::Errno::INVAL.raw_os_error());
-    let e = dev.create_unchecked(memfd.as_fd(), 0, page() + 1).unwrap_err();
+    let e = dev
+        .create_unchecked(memfd.as_fd(), 0, page() + 1)
+        .unwrap_err();
     assert_eq!(errno(&e), rustix::io::Errno::INVAL.raw_os_error());
 }
 
@@ -153,9 +187,25 @@ fn udmabuf_refuses_more_than_the_size_limit() {
 #[ignore = "needs the VM testbed"]
 fn udmabuf_refuses_too_many_ranges() {
     let memfd = Memfd::new("many", page()).unwrap();
-    let ranges = vec![UdmabufRange { memfd: memfd.as_fd(), offset: 0, size: page() }; 1025];
+    let ranges = vec![
+        UdmabufRange {
+            memfd: memfd.as_fd(),
+            offset: 0,
+            size: page()
+        };
+        1025
+    ];
     let e = udmabuf().create_list(&ranges).unwrap_err();
-    assert!(matches!(e, Error::ListTooLong { count: 1025, limit: 1024 }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::ListTooLong {
+                count: 1025,
+                limit: 1024
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -166,9 +216,16 @@ fn udmabuf_refuses_what_is_not_a_memfd() {
     let dev = udmabuf();
     let e = dev.create(not_memfd.as_fd(), 0, page()).unwrap_err();
     assert!(matches!(e, Error::NotMemfd), "{e:?}");
-    let e = dev.create_unchecked(not_memfd.as_fd(), 0, page()).unwrap_err();
-    assert!(matches!(e, Error::NotMemfd), "the kernel says EBADFD: {e:?}");
-    let e = dev.create(memfd_past_end().as_fd(), page(), page()).unwrap_err();
+    let e = dev
+        .create_unchecked(not_memfd.as_fd(), 0, page())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::NotMemfd),
+        "the kernel says EBADFD: {e:?}"
+    );
+    let e = dev
+        .create(memfd_past_end().as_fd(), page(), page())
+        .unwrap_err();
     assert!(matches!(e, Error::OutOfRange { .. }), "{e:?}");
 }
 
@@ -181,7 +238,10 @@ fn memfd_past_end() -> Memfd {
 fn heaps_of_the_testbed_allocate_map_and_name() {
     let heaps = available_heaps();
     assert!(heaps.contains(&"system".to_string()), "{heaps:?}");
-    assert!(heaps.iter().any(|h| CMA_HEAP_NAMES.contains(&h.as_str())), "no CMA heap: {heaps:?}");
+    assert!(
+        heaps.iter().any(|h| CMA_HEAP_NAMES.contains(&h.as_str())),
+        "no CMA heap: {heaps:?}"
+    );
     for name in &heaps {
         let heap = Heap::open(name).unwrap();
         let fd: OwnedFd = heap.allocate(1 << 20).unwrap();
@@ -191,7 +251,10 @@ fn heaps_of_the_testbed_allocate_map_and_name() {
         sync_start(fd.as_fd(), SyncAccess::Write).unwrap();
         map.as_mut_slice().fill(0x5a);
         sync_end(fd.as_fd(), SyncAccess::Write).unwrap();
-        assert!(read_dmabuf(fd.as_fd(), 1 << 20).iter().all(|&b| b == 0x5a), "heap {name}");
+        assert!(
+            read_dmabuf(fd.as_fd(), 1 << 20).iter().all(|&b| b == 0x5a),
+            "heap {name}"
+        );
         set_dmabuf_name(fd.as_fd(), &format!("test:{name}")).unwrap();
         assert_eq!(dmabuf_name(fd.as_fd()).unwrap(), format!("test:{name}"));
     }
@@ -204,7 +267,10 @@ fn auto_heap_selection_picks_the_cma_heap() {
     assert_eq!(heap.name(), "reserved");
     assert!(heap.is_contiguous());
     let e = Heap::open("linux,cma").unwrap_err();
-    assert_eq!(e.to_string(), "heap 'linux,cma' not found; available: reserved, system");
+    assert_eq!(
+        e.to_string(),
+        "heap 'linux,cma' not found; available: reserved, system"
+    );
     let heap = Heap::select(&HeapSelection::parse("linux,cma,system")).unwrap();
     assert_eq!(heap.name(), "system");
 }
@@ -222,7 +288,10 @@ fn dma_buf_sync_brackets_cpu_access() {
         sync_end(dmabuf.as_fd(), access).unwrap();
     }
     set_dmabuf_name(dmabuf.as_fd(), "a-name-longer-than-the-kernel-keeps").unwrap();
-    assert_eq!(dmabuf_name(dmabuf.as_fd()).unwrap(), "a-name-longer-than-the-kernel-k");
+    assert_eq!(
+        dmabuf_name(dmabuf.as_fd()).unwrap(),
+        "a-name-longer-than-the-kernel-k"
+    );
     assert_eq!(dmabuf_name(memfd.as_fd()), None, "a memfd is no dma-buf");
 }
 
@@ -234,7 +303,10 @@ fn prime_import_into_vkms_and_vgem() {
     let size = u64::from(pitch * h);
     let (memfd, _map) = filled_memfd(size / page(), 9);
     let from_udmabuf = udmabuf().create(memfd.as_fd(), 0, size).unwrap();
-    let from_cma = Heap::select(&HeapSelection::Auto).unwrap().allocate(size as usize).unwrap();
+    let from_cma = Heap::select(&HeapSelection::Auto)
+        .unwrap()
+        .allocate(size as usize)
+        .unwrap();
     for driver in ["vkms", "vgem"] {
         let node = DrmNode::open_driver(driver).unwrap();
         assert_eq!(node.driver(), driver);
@@ -246,7 +318,9 @@ fn prime_import_into_vkms_and_vgem() {
             assert_ne!(handle.raw(), 0);
             if driver == "vkms" {
                 let xr24 = u32::from_le_bytes(*b"XR24");
-                handle.check_addfb2(w, h, xr24, None, &[0], &[pitch]).unwrap();
+                handle
+                    .check_addfb2(w, h, xr24, None, &[0], &[pitch])
+                    .unwrap();
             }
         }
     }
@@ -265,6 +339,9 @@ fn testbed_has_the_v4l2_test_drivers() {
         }
     }
     for want in ["vicodec", "vivid"] {
-        assert!(drivers.iter().any(|d| d == want), "no {want} node; drivers: {drivers:?}");
+        assert!(
+            drivers.iter().any(|d| d == want),
+            "no {want} node; drivers: {drivers:?}"
+        );
     }
 }

@@ -44,7 +44,10 @@ fn sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
     loop {
         // SAFETY: DMA_BUF_IOCTL_SYNC takes a `struct dma_buf_sync`, which the kernel only reads.
         let res = unsafe {
-            rustix::ioctl::ioctl(fd, Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags }))
+            rustix::ioctl::ioctl(
+                fd,
+                Setter::<DMA_BUF_IOCTL_SYNC, DmaBufSync>::new(DmaBufSync { flags }),
+            )
         };
         match res {
             // The kernel may be interrupted while waiting for fences: try again, as libdrm does.
@@ -84,7 +87,11 @@ pub fn dmabuf_size(fd: BorrowedFd<'_>) -> Result<u64> {
 /// Names the dma-buf, so it can be recognised in /sys/kernel/debug/dma_buf/bufinfo and in
 /// /proc/<pid>/fdinfo. Names are cut to the kernel's 31 bytes.
 pub fn set_dmabuf_name(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
-    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(NAME_LEN - 1).collect();
+    let mut bytes: Vec<u8> = name
+        .bytes()
+        .filter(|&b| b != 0)
+        .take(NAME_LEN - 1)
+        .collect();
     bytes.push(0);
     // SAFETY: DMA_BUF_SET_NAME reads a NUL-terminated string of at most NAME_LEN bytes from the
     // pointer passed as the argument; `bytes` outlives the call.

@@ -4,9 +4,9 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use drm::Device as _;
 use drm::buffer::{DrmFourcc, DrmModifier, PlanarBuffer};
 use drm::control::Device as _;
-use drm::Device as _;
 
 use super::{Error, Result, open_device};
 
@@ -57,7 +57,9 @@ impl DrmNode {
             match DrmNode::open(&path) {
                 Ok(node) if node.driver == driver => return Ok(node),
                 Ok(node) => seen.push(format!("{} ({})", path.display(), node.driver)),
-                Err(Error::PermissionDenied { .. }) => seen.push(format!("{} (no access)", path.display())),
+                Err(Error::PermissionDenied { .. }) => {
+                    seen.push(format!("{} (no access)", path.display()))
+                }
                 Err(_) => {}
             }
         }
@@ -107,7 +109,11 @@ pub fn dri_nodes() -> Vec<PathBuf> {
         n.starts_with("card") || n.starts_with("renderD")
     });
     nodes.sort_by_key(|p| {
-        let n = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let n = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         (!n.starts_with("card"), n.len(), n)
     });
     nodes
@@ -154,10 +160,13 @@ impl GemHandle<'_> {
         } else {
             drm::control::FbCmd2Flags::empty()
         };
-        let id = self.node.add_planar_framebuffer(&fb, flags).map_err(|e| Error::Io {
-            op: "DRM_IOCTL_MODE_ADDFB2",
-            source: e,
-        })?;
+        let id = self
+            .node
+            .add_planar_framebuffer(&fb, flags)
+            .map_err(|e| Error::Io {
+                op: "DRM_IOCTL_MODE_ADDFB2",
+                source: e,
+            })?;
         let _ = self.node.destroy_framebuffer(id);
         Ok(())
     }

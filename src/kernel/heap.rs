@@ -165,22 +165,24 @@ impl Heap {
         if size == 0 {
             return Err(Error::Empty);
         }
-        self.heap.allocate(size).map_err(|e| match Error::from_io("dma-heap allocation", e) {
-            Error::OutOfMemory { op, .. } => Error::OutOfMemory {
-                op,
-                hint: if self.is_contiguous() {
-                    format!(
-                        " ({size} bytes from the CMA heap '{}': the CMA area is exhausted or \
+        self.heap
+            .allocate(size)
+            .map_err(|e| match Error::from_io("dma-heap allocation", e) {
+                Error::OutOfMemory { op, .. } => Error::OutOfMemory {
+                    op,
+                    hint: if self.is_contiguous() {
+                        format!(
+                            " ({size} bytes from the CMA heap '{}': the CMA area is exhausted or \
                          fragmented; free buffers or enlarge it with cma=SIZE on the kernel \
                          command line)",
-                        self.name
-                    )
-                } else {
-                    format!(" ({size} bytes from heap '{}')", self.name)
+                            self.name
+                        )
+                    } else {
+                        format!(" ({size} bytes from heap '{}')", self.name)
+                    },
                 },
-            },
-            other => other,
-        })
+                other => other,
+            })
     }
 }
 
@@ -224,6 +226,9 @@ mod tests {
              enable CONFIG_DMABUF_HEAPS)"
         );
         let err = Heap::select(&HeapSelection::Auto).unwrap_err();
-        assert!(err.to_string().starts_with("heap 'linux,cma or reserved"), "{err}");
+        assert!(
+            err.to_string().starts_with("heap 'linux,cma or reserved"),
+            "{err}"
+        );
     }
 }

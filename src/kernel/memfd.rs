@@ -48,7 +48,12 @@ impl Memfd {
 
     /// Maps the whole file shared and writable.
     pub fn map(&self) -> Result<Mapping> {
-        Mapping::new(&self.fd, 0, usize::try_from(self.size).map_err(|_| Error::Empty)?, true)
+        Mapping::new(
+            &self.fd,
+            0,
+            usize::try_from(self.size).map_err(|_| Error::Empty)?,
+            true,
+        )
     }
 
     pub fn into_fd(self) -> OwnedFd {

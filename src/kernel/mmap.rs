@@ -33,7 +33,14 @@ impl Mapping {
         };
         // SAFETY: a fresh mapping at an address the kernel chooses aliases no Rust object.
         let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, offset)
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                MapFlags::SHARED,
+                fd,
+                offset,
+            )
         }
         .map_err(|e| Error::from_io("mmap", e.into()))?;
         Ok(Mapping {

@@ -15,12 +15,14 @@ mod udmabuf;
 use std::io;
 use std::path::PathBuf;
 
-pub use self::dmabuf::{SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start};
+pub use self::dmabuf::{
+    SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start,
+};
 pub use self::drm::{DrmNode, GemHandle};
 pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
 pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;
-pub use self::udmabuf::{Udmabuf, UdmabufLimits, UdmabufRange};
+pub use self::udmabuf::{UDMABUF_PATH, Udmabuf, UdmabufLimits, UdmabufRange};
 
 /// What went wrong talking to the kernel, phrased for the person who has to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +51,7 @@ pub enum Error {
          (udmabuf.list_limit)"
     )]
     ListTooLong { count: usize, limit: u64 },
-    #[error(
-        "range {offset}+{size} lies outside the memfd ({file_size} bytes)"
-    )]
+    #[error("range {offset}+{size} lies outside the memfd ({file_size} bytes)")]
     OutOfRange {
         offset: u64,
         size: u64,
@@ -61,7 +61,9 @@ pub enum Error {
     NotMemfd,
     #[error("memfd is not sealed against shrinking: udmabuf requires F_SEAL_SHRINK")]
     NotSealedShrink,
-    #[error("memfd is sealed against writing (F_SEAL_WRITE/F_SEAL_FUTURE_WRITE): udmabuf refuses it")]
+    #[error(
+        "memfd is sealed against writing (F_SEAL_WRITE/F_SEAL_FUTURE_WRITE): udmabuf refuses it"
+    )]
     WriteSealed,
     #[error("out of file descriptors during {op}: raise the limit (ulimit -n) or release buffers")]
     FdExhausted { op: &'static str },
@@ -143,16 +145,18 @@ pub(crate) fn open_device(
     use rustix::fs::{Mode, OFlags};
     match rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
         Ok(fd) => Ok(fd),
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NODEV) | Err(rustix::io::Errno::NXIO) => {
-            Err(Error::DeviceMissing {
+        Err(rustix::io::Errno::NOENT)
+        | Err(rustix::io::Errno::NODEV)
+        | Err(rustix::io::Errno::NXIO) => Err(Error::DeviceMissing {
+            path: path.into(),
+            hint: missing_hint,
+        }),
+        Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::PERM) => {
+            Err(Error::PermissionDenied {
                 path: path.into(),
-                hint: missing_hint,
+                hint: access_hint(path),
             })
         }
-        Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::PERM) => Err(Error::PermissionDenied {
-            path: path.into(),
-            hint: access_hint(path),
-        }),
         Err(e) => Err(Error::from_io("open", e.into())),
     }
 }
@@ -190,7 +194,10 @@ mod tests {
             name: "linux,cma".into(),
             available: "system, reserved".into(),
         };
-        assert_eq!(e.to_string(), "heap 'linux,cma' not found; available: system, reserved");
+        assert_eq!(
+            e.to_string(),
+            "heap 'linux,cma' not found; available: system, reserved"
+        );
         let e = Error::TooLarge {
             size: 132_710_400,
             limit_mb: 64,
@@ -200,7 +207,10 @@ mod tests {
 
     #[test]
     fn fd_exhaustion_is_recognised() {
-        let e = Error::from_io("memfd_create", io::Error::from_raw_os_error(libc_errno::EMFILE));
+        let e = Error::from_io(
+            "memfd_create",
+            io::Error::from_raw_os_error(libc_errno::EMFILE),
+        );
         assert!(matches!(e, Error::FdExhausted { .. }), "{e:?}");
     }
 }

@@ -91,7 +91,11 @@ impl UdmabufLimits {
     /// Reads the module parameters, falling back to the kernel's defaults.
     pub fn from_sysfs() -> UdmabufLimits {
         let read = |name: &str| -> Option<u64> {
-            std::fs::read_to_string(Path::new(PARAMS).join(name)).ok()?.trim().parse().ok()
+            std::fs::read_to_string(Path::new(PARAMS).join(name))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
         };
         UdmabufLimits {
             size_limit: read("size_limit_mb").unwrap_or(DEFAULT_SIZE_LIMIT_MB) << 20,
@@ -158,10 +162,11 @@ impl Udmabuf {
         let base = arg.as_mut_ptr().cast::<u8>();
         // SAFETY: `arg` is large and aligned enough for the header followed by the items.
         unsafe {
-            base.cast::<UdmabufCreateListHeader>().write(UdmabufCreateListHeader {
-                flags: UDMABUF_FLAGS_CLOEXEC,
-                count: ranges.len() as u32,
-            });
+            base.cast::<UdmabufCreateListHeader>()
+                .write(UdmabufCreateListHeader {
+                    flags: UDMABUF_FLAGS_CLOEXEC,
+                    count: ranges.len() as u32,
+                });
             let items = base.add(HEADER).cast::<UdmabufCreateItem>();
             for (i, r) in ranges.iter().enumerate() {
                 items.add(i).write(UdmabufCreateItem {
@@ -178,7 +183,12 @@ impl Udmabuf {
     /// `create` without this layer's checks, so tests can show the kernel enforces the same
     /// rules.
     #[doc(hidden)]
-    pub fn create_unchecked(&self, memfd: BorrowedFd<'_>, offset: u64, size: u64) -> Result<OwnedFd> {
+    pub fn create_unchecked(
+        &self,
+        memfd: BorrowedFd<'_>,
+        offset: u64,
+        size: u64,
+    ) -> Result<OwnedFd> {
         let mut arg = UdmabufCreate {
             memfd: fd_u32(memfd),
             flags: UDMABUF_FLAGS_CLOEXEC,
@@ -231,7 +241,10 @@ impl Udmabuf {
             let file_size = rustix::fs::fstat(r.memfd)
                 .map_err(|e| Error::from_io("fstat", e.into()))?
                 .st_size as u64;
-            if r.offset.checked_add(r.size).is_none_or(|end| end > file_size) {
+            if r.offset
+                .checked_add(r.size)
+                .is_none_or(|end| end > file_size)
+            {
                 return Err(Error::OutOfRange {
                     offset: r.offset,
                     size: r.size,

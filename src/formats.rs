@@ -1,0 +1,412 @@
+// SPDX-License-Identifier: MPL-2.0
+//! GStreamer video formats <-> DRM fourccs, and the caps every element of this plugin speaks:
+//! `video/x-raw(memory:DMABuf), format=DMA_DRM, drm-format=<FOURCC>` on GStreamer >= 1.24
+//! (detected at run time), the legacy `video/x-raw(memory:DMABuf), format=<FORMAT>`, and plain
+//! `video/x-raw` carrying dma-buf memory (what 1.22-era kmssink and v4l2 elements accept).
+
+use std::sync::LazyLock;
+
+use gst_video::VideoFormat;
+
+/// The caps feature of dma-buf memory.
+pub const CAPS_FEATURE_DMABUF: &str = "memory:DMABuf";
+
+/// Single-buffer formats with a DRM fourcc, in GStreamer's mapping (video-info-dma.c, where
+/// GRAY8 appeared in 1.26). Linear only: a linear buffer's drm-format is the fourcc alone
+/// ("NV12"); "NV12:0x0000000000000000" is rejected by GStreamer's parser.
+const TABLE: &[(VideoFormat, &str)] = &[
+    (VideoFormat::Nv12, "NV12"),
+    (VideoFormat::Nv21, "NV21"),
+    (VideoFormat::I420, "YU12"),
+    (VideoFormat::Yv12, "YV12"),
+    (VideoFormat::Nv16, "NV16"),
+    (VideoFormat::Nv61, "NV61"),
+    (VideoFormat::Nv24, "NV24"),
+    (VideoFormat::Y42b, "YU16"),
+    (VideoFormat::Y444, "YU24"),
+    (VideoFormat::Yuy2, "YUYV"),
+    (VideoFormat::Yvyu, "YVYU"),
+    (VideoFormat::Uyvy, "UYVY"),
+    (VideoFormat::Vyuy, "VYUY"),
+    (VideoFormat::Bgrx, "XR24"),
+    (VideoFormat::Bgra, "AR24"),
+    (VideoFormat::Rgbx, "XB24"),
+    (VideoFormat::Rgba, "AB24"),
+    (VideoFormat::Xrgb, "BX24"),
+    (VideoFormat::Argb, "BA24"),
+    (VideoFormat::Xbgr, "RX24"),
+    (VideoFormat::Abgr, "RA24"),
+    (VideoFormat::Rgb, "BG24"),
+    (VideoFormat::Bgr, "RG24"),
+    (VideoFormat::Rgb16, "RG16"),
+    (VideoFormat::Bgr16, "BG16"),
+    (VideoFormat::Gray8, "R8  "),
+    (VideoFormat::P01010le, "P010"),
+];
+
+/// The DRM fourcc string (as in caps) of a GStreamer format.
+pub fn drm_fourcc_str(format: VideoFormat) -> Option<&'static str> {
+    TABLE.iter().find(|(f, _)| *f == format).map(|(_, s)| *s)
+}
+
+/// The DRM fourcc as the kernel's u32 (`fourcc_code(a, b, c, d)`).
+pub fn drm_fourcc(format: VideoFormat) -> Option<u32> {
+    drm_fourcc_str(format).map(|s| u32::from_le_bytes(s.as_bytes().try_into().unwrap()))
+}
+
+/// The GStreamer format of a caps `drm-format` value. Only linear buffers are ours: a value
+/// with a modifier suffix (`NV12:0x...`) has none.
+pub fn format_from_drm_str(drm: &str) -> Option<VideoFormat> {
+    if drm.contains(':') {
+        return None;
+    }
+    TABLE.iter().find(|(_, s)| *s == drm).map(|(f, _)| *f)
+}
+
+/// The `drm-format` value for caps: always four characters, blanks included ("R8  "), since
+/// GStreamer's parser requires exactly four.
+pub fn drm_caps_str(format: VideoFormat) -> Option<&'static str> {
+    drm_fourcc_str(format)
+}
+
+/// Every format this plugin handles.
+pub fn formats() -> impl Iterator<Item = VideoFormat> {
+    TABLE.iter().map(|(f, _)| *f)
+}
+
+/// Whether the running GStreamer (not the one we built against) knows `format=DMA_DRM` caps.
+pub fn runtime_has_dma_drm() -> bool {
+    static HAS: LazyLock<bool> = LazyLock::new(|| {
+        let (major, minor, _, _) = gst::version();
+        (major, minor) >= (1, 24)
+    });
+    *HAS
+}
+
+fn format_list() -> gst::List {
+    gst::List::new(formats().map(|f| f.to_str()))
+}
+
+fn drm_format_list() -> gst::List {
+    gst::List::new(formats().filter_map(drm_caps_str))
+}
+
+/// Plain system-memory caps for all our formats.
+pub fn sysmem_caps() -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", format_list())
+        .field("width", gst::IntRange::new(1, i32::MAX))
+        .field("height", gst::IntRange::new(1, i32::MAX))
+        .field(
+            "framerate",
+            gst::FractionRange::new(gst::Fraction::new(0, 1), gst::Fraction::new(i32::MAX, 1)),
+        )
+        .build()
+}
+
+/// Every way dma-buf video can be described to a peer, in order of preference: DMA_DRM (only
+/// when the running GStreamer is >= 1.24), the legacy DMABuf form, then plain `video/x-raw`.
+pub fn dmabuf_caps() -> gst::Caps {
+    let sys = sysmem_caps();
+    let plain = sys.structure(0).unwrap().to_owned();
+    let mut caps = gst::Caps::new_empty();
+    {
+        let caps = caps.get_mut().unwrap();
+        if runtime_has_dma_drm() {
+            let mut drm = plain.clone();
+            drm.set("format", "DMA_DRM");
+            drm.set("drm-format", drm_format_list());
+            caps.append_structure_full(drm, Some(gst::CapsFeatures::new([CAPS_FEATURE_DMABUF])));
+        }
+        caps.append_structure_full(
+            plain.clone(),
+            Some(gst::CapsFeatures::new([CAPS_FEATURE_DMABUF])),
+        );
+        caps.append_structure(plain);
+    }
+    caps
+}
+
+/// How a caps structure describes its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapsKind {
+    /// `video/x-raw` (system memory, or dma-bufs to elements that check each buffer).
+    Plain,
+    /// `video/x-raw(memory:DMABuf), format=<FORMAT>` (GStreamer 1.22 and earlier style).
+    DmaBufLegacy,
+    /// `video/x-raw(memory:DMABuf), format=DMA_DRM, drm-format=<FOURCC>`.
+    DmaDrm,
+}
+
+pub fn caps_kind(s: &gst::StructureRef, features: Option<&gst::CapsFeaturesRef>) -> CapsKind {
+    let dmabuf = features.is_some_and(|f| f.contains(CAPS_FEATURE_DMABUF));
+    if !dmabuf {
+        CapsKind::Plain
+    } else if s.get::<&str>("format").is_ok_and(|f| f == "DMA_DRM") {
+        CapsKind::DmaDrm
+    } else {
+        CapsKind::DmaBufLegacy
+    }
+}
+
+/// The formats a structure allows (all of ours when it says nothing), as GStreamer names.
+fn allowed_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
+    let names: Vec<String> = match s.value("format") {
+        Ok(v) => {
+            if let Ok(f) = v.get::<String>() {
+                vec![f]
+            } else if let Ok(list) = v.get::<gst::List>() {
+                list.iter().filter_map(|v| v.get::<String>().ok()).collect()
+            } else {
+                Vec::new()
+            }
+        }
+        Err(_) => return formats().collect(),
+    };
+    names
+        .iter()
+        .map(|n| VideoFormat::from_string(n))
+        .filter(|f| drm_fourcc_str(*f).is_some())
+        .collect()
+}
+
+fn allowed_drm_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
+    let names: Vec<String> = match s.value("drm-format") {
+        Ok(v) => {
+            if let Ok(f) = v.get::<String>() {
+                vec![f]
+            } else if let Ok(list) = v.get::<gst::List>() {
+                list.iter().filter_map(|v| v.get::<String>().ok()).collect()
+            } else {
+                Vec::new()
+            }
+        }
+        Err(_) => return formats().collect(),
+    };
+    names
+        .iter()
+        .filter_map(|n| format_from_drm_str(n))
+        .collect()
+}
+
+fn set_format_field(s: &mut gst::Structure, field: &str, values: Vec<&'static str>) -> bool {
+    match values.len() {
+        0 => false,
+        1 => {
+            s.set(field, values[0]);
+            true
+        }
+        _ => {
+            s.set(field, gst::List::new(values));
+            true
+        }
+    }
+}
+
+/// System-memory caps in -> the dma-buf caps vmemexport can output, most preferred first.
+/// Already-DMABuf caps pass through unchanged.
+pub fn sysmem_to_dmabuf(caps: &gst::Caps) -> gst::Caps {
+    let mut out = gst::Caps::new_empty();
+    let outm = out.get_mut().unwrap();
+    let mut plain_tail = Vec::new();
+    let mut legacy_tail = Vec::new();
+    for (s, features) in caps.iter_with_features() {
+        if caps_kind(s, Some(features)) != CapsKind::Plain {
+            outm.append_structure_full(s.to_owned(), Some(features.to_owned()));
+            continue;
+        }
+        let fmts = allowed_formats(s);
+        if runtime_has_dma_drm() {
+            let mut drm = s.to_owned();
+            drm.set("format", "DMA_DRM");
+            if set_format_field(
+                &mut drm,
+                "drm-format",
+                fmts.iter().filter_map(|f| drm_caps_str(*f)).collect(),
+            ) {
+                outm.append_structure_full(
+                    drm,
+                    Some(gst::CapsFeatures::new([CAPS_FEATURE_DMABUF])),
+                );
+            }
+        }
+        let mut legacy = s.to_owned();
+        if set_format_field(
+            &mut legacy,
+            "format",
+            fmts.iter().map(|f| f.to_str().as_str()).collect(),
+        ) {
+            legacy_tail.push(legacy.clone());
+            plain_tail.push(legacy);
+        }
+    }
+    for s in legacy_tail {
+        outm.append_structure_full(s, Some(gst::CapsFeatures::new([CAPS_FEATURE_DMABUF])));
+    }
+    for s in plain_tail {
+        outm.append_structure(s);
+    }
+    out
+}
+
+/// Dma-buf caps out -> the caps vmemexport can take in for them: the same video in system
+/// memory, or the dma-buf caps themselves (passthrough).
+pub fn dmabuf_to_sysmem(caps: &gst::Caps) -> gst::Caps {
+    let mut out = gst::Caps::new_empty();
+    let outm = out.get_mut().unwrap();
+    let mut passthrough = Vec::new();
+    for (s, features) in caps.iter_with_features() {
+        let kind = caps_kind(s, Some(features));
+        let mut sys = s.to_owned();
+        match kind {
+            CapsKind::DmaDrm => {
+                sys.remove_field("drm-format");
+                let fmts: Vec<&'static str> = allowed_drm_formats(s)
+                    .iter()
+                    .map(|f| f.to_str().as_str())
+                    .collect();
+                if !set_format_field(&mut sys, "format", fmts) {
+                    continue;
+                }
+            }
+            CapsKind::DmaBufLegacy | CapsKind::Plain => {}
+        }
+        outm.append_structure(sys);
+        if kind != CapsKind::Plain {
+            passthrough.push((s.to_owned(), features.to_owned()));
+        }
+    }
+    for (s, f) in passthrough {
+        outm.append_structure_full(s, Some(f));
+    }
+    out
+}
+
+/// The video described by fixed caps of any of the three kinds.
+pub fn video_info_from_caps(caps: &gst::CapsRef) -> Option<(gst_video::VideoInfo, CapsKind)> {
+    let s = caps.structure(0)?;
+    let kind = caps_kind(s, caps.features(0));
+    let info = if kind == CapsKind::DmaDrm {
+        let format = format_from_drm_str(s.get::<&str>("drm-format").ok()?)?;
+        let mut plain = caps.to_owned();
+        {
+            let st = plain.get_mut().unwrap().structure_mut(0).unwrap();
+            st.remove_field("drm-format");
+            st.set("format", format.to_str());
+        }
+        plain.get_mut().unwrap().set_features_simple(None);
+        gst_video::VideoInfo::from_caps(&plain).ok()?
+    } else {
+        let mut plain = caps.to_owned();
+        plain.get_mut().unwrap().set_features_simple(None);
+        gst_video::VideoInfo::from_caps(&plain).ok()?
+    };
+    Some((info, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init() {
+        gst::init().unwrap();
+    }
+
+    #[test]
+    fn fourccs_round_trip() {
+        for f in formats() {
+            let s = drm_caps_str(f).unwrap();
+            assert_eq!(format_from_drm_str(s), Some(f), "{f:?}");
+        }
+        assert_eq!(drm_fourcc(VideoFormat::Bgrx), Some(0x3432_5258)); // DRM_FORMAT_XRGB8888
+        assert_eq!(drm_fourcc(VideoFormat::Nv12), Some(0x3231_564e));
+        assert_eq!(drm_caps_str(VideoFormat::I420), Some("YU12"));
+        assert_eq!(drm_caps_str(VideoFormat::Gray8), Some("R8  "));
+        assert_eq!(format_from_drm_str("NV12:0x0000000000000000"), None);
+        assert_eq!(format_from_drm_str("XXXX"), None);
+    }
+
+    #[test]
+    fn the_issue_list_is_covered() {
+        use VideoFormat::*;
+        for f in [
+            Nv12, I420, Yv12, Nv16, Yuy2, Uyvy, Bgrx, Bgra, Rgbx, Rgba, Xrgb, Argb, Rgb16, Gray8,
+            P01010le,
+        ] {
+            assert!(drm_fourcc(f).is_some(), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn sysmem_becomes_dmabuf_preferred_first() {
+        init();
+        let caps: gst::Caps = "video/x-raw, format=NV12, width=320, height=240"
+            .parse()
+            .unwrap();
+        let out = sysmem_to_dmabuf(&caps);
+        let kinds: Vec<CapsKind> = out
+            .iter_with_features()
+            .map(|(s, f)| caps_kind(s, Some(f)))
+            .collect();
+        if runtime_has_dma_drm() {
+            assert_eq!(
+                kinds,
+                [CapsKind::DmaDrm, CapsKind::DmaBufLegacy, CapsKind::Plain]
+            );
+            assert_eq!(
+                out.structure(0).unwrap().get::<&str>("drm-format").unwrap(),
+                "NV12"
+            );
+        } else {
+            assert_eq!(kinds, [CapsKind::DmaBufLegacy, CapsKind::Plain]);
+        }
+        let legacy = out
+            .iter_with_features()
+            .find(|(s, f)| caps_kind(s, Some(f)) == CapsKind::DmaBufLegacy)
+            .unwrap();
+        assert_eq!(legacy.0.get::<&str>("format").unwrap(), "NV12");
+        assert_eq!(legacy.0.get::<i32>("width").unwrap(), 320);
+    }
+
+    #[test]
+    fn dma_drm_maps_back_to_sysmem() {
+        init();
+        let caps: gst::Caps = "video/x-raw(memory:DMABuf), format=DMA_DRM, drm-format={ XR24, YU12, NV12:0x0100000000000002 }, width=64, height=48"
+            .parse()
+            .unwrap();
+        let back = dmabuf_to_sysmem(&caps);
+        let s = back.structure(0).unwrap();
+        assert!(
+            back.features(0).unwrap().is_any()
+                || !back.features(0).unwrap().contains(CAPS_FEATURE_DMABUF)
+        );
+        let formats: Vec<String> = s
+            .get::<gst::List>("format")
+            .unwrap()
+            .iter()
+            .map(|v| v.get::<String>().unwrap())
+            .collect();
+        assert_eq!(formats, ["BGRx", "I420"]);
+        assert!(!s.has_field("drm-format"));
+        // and the DMABuf caps themselves, for passthrough
+        assert_eq!(
+            caps_kind(back.structure(1).unwrap(), back.features(1)),
+            CapsKind::DmaDrm
+        );
+    }
+
+    #[test]
+    fn video_info_from_every_kind() {
+        init();
+        for caps in [
+            "video/x-raw, format=BGRx, width=64, height=48, framerate=30/1",
+            "video/x-raw(memory:DMABuf), format=BGRx, width=64, height=48, framerate=30/1",
+            "video/x-raw(memory:DMABuf), format=DMA_DRM, drm-format=XR24, width=64, height=48, framerate=30/1",
+        ] {
+            let caps: gst::Caps = caps.parse().unwrap();
+            let (info, _) = video_info_from_caps(&caps).unwrap();
+            assert_eq!(info.format(), VideoFormat::Bgrx);
+            assert_eq!(info.width(), 64);
+        }
+    }
+}

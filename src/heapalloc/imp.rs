@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gst::glib;
+use gst::glib::translate::IntoGlibPtr;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_allocators::subclass::prelude::*;
+
+use crate::kernel::{self, Heap, HeapSelection};
+use crate::memory;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "dmaheap",
+        gst::DebugColorFlags::empty(),
+        Some("dma-heap allocator"),
+    )
+});
+
+const DEFAULT_HEAP: &str = "auto";
+
+#[derive(Default)]
+struct State {
+    spec: Option<String>,
+    heap: Option<Arc<Heap>>,
+}
+
+#[derive(Default)]
+pub struct DmaHeapAllocator {
+    state: Mutex<State>,
+}
+
+impl DmaHeapAllocator {
+    /// The selected heap, opened on first use and kept until the `heap` property changes.
+    pub(super) fn heap(&self) -> Result<Arc<Heap>, kernel::Error> {
+        let mut state = self.state.lock().unwrap();
+        if let Some(heap) = &state.heap {
+            return Ok(heap.clone());
+        }
+        let spec = state.spec.clone().unwrap_or_else(|| DEFAULT_HEAP.into());
+        let heap = Arc::new(Heap::select(&HeapSelection::parse(&spec))?);
+        gst::info!(
+            CAT,
+            imp = self,
+            "heap '{spec}' -> {} ({})",
+            heap.path().display(),
+            if heap.is_contiguous() {
+                "contiguous"
+            } else {
+                "scattered pages"
+            }
+        );
+        state.heap = Some(heap.clone());
+        Ok(heap)
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for DmaHeapAllocator {
+    const NAME: &'static str = "GstDmaHeapAllocator";
+    type Type = super::DmaHeapAllocator;
+    type ParentType = gst_allocators::DmaBufAllocator;
+}
+
+impl ObjectImpl for DmaHeapAllocator {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("heap")
+                    .nick("Heap")
+                    .blurb(
+                        "dma-heap to allocate from: a name in /dev/dma_heap (system, linux,cma, \
+                         reserved, ...), an ordered comma-separated list of names (the first \
+                         that exists wins), 'cma' for any CMA heap, or 'auto' (a contiguous CMA \
+                         heap if present, else system)",
+                    )
+                    .default_value(Some(DEFAULT_HEAP))
+                    .build(),
+                glib::ParamSpecString::builder("heap-name")
+                    .nick("Heap name")
+                    .blurb("The heap in use (opened on first allocation); empty if none could be opened")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecBoolean::builder("contiguous")
+                    .nick("Contiguous")
+                    .blurb("Whether the heap in use hands out physically contiguous memory (CMA)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        match pspec.name() {
+            "heap" => {
+                let mut state = self.state.lock().unwrap();
+                state.spec = value.get::<Option<String>>().unwrap();
+                // Memories already handed out keep their own fds; new ones use the new heap.
+                state.heap = None;
+            }
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "heap" => self
+                .state
+                .lock()
+                .unwrap()
+                .spec
+                .clone()
+                .unwrap_or_else(|| DEFAULT_HEAP.into())
+                .to_value(),
+            "heap-name" => self
+                .heap()
+                .map(|h| h.name().to_string())
+                .unwrap_or_default()
+                .to_value(),
+            "contiguous" => self
+                .heap()
+                .map(|h| h.is_contiguous())
+                .unwrap_or(false)
+                .to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for DmaHeapAllocator {}
+
+// SAFETY: `alloc` returns either NULL or a memory created by this allocator through
+// `gst_fd_allocator_alloc`, which the parent's `free` releases.
+unsafe impl AllocatorImpl for DmaHeapAllocator {
+    unsafe fn alloc(
+        &self,
+        size: usize,
+        params: &gst::AllocationParams,
+    ) -> *mut gst::ffi::GstMemory {
+        match self.alloc_memory(size, params) {
+            Ok(mem) => mem.into_glib_ptr(),
+            Err(err) => {
+                gst::error!(CAT, imp = self, "cannot allocate {size} bytes: {err}");
+                std::ptr::null_mut()
+            }
+        }
+    }
+}
+
+impl FdAllocatorImpl for DmaHeapAllocator {}
+impl DmaBufAllocatorImpl for DmaHeapAllocator {}
+
+impl DmaHeapAllocator {
+    fn alloc_memory(
+        &self,
+        size: usize,
+        params: &gst::AllocationParams,
+    ) -> Result<gst::Memory, glib::BoolError> {
+        let heap = self.heap().map_err(|e| glib::bool_error!("{e}"))?;
+        let maxsize = memory::backing_size(size, params)
+            .ok_or_else(|| glib::bool_error!("size overflows"))?;
+        let fd = heap
+            .allocate(maxsize)
+            .map_err(|e| glib::bool_error!("{e}"))?;
+        // Naming is a debugging aid: a kernel without it must not fail the allocation.
+        let _ = kernel::set_dmabuf_name(
+            std::os::fd::AsFd::as_fd(&fd),
+            &format!("heapalloc:{}", heap.name()),
+        );
+        memory::wrap_fd(
+            &*self.obj(),
+            fd,
+            maxsize,
+            size,
+            params,
+            gst_allocators::FdMemoryFlags::NONE,
+        )
+    }
+}

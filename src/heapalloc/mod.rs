@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `dmaheap`: a GstAllocator handing out DmaBufMemory from `/dev/dma_heap/<name>`.
+//!
+//! It is a GstDmaBufAllocator subclass, so its memory is ordinary dma-buf memory to every
+//! downstream element (`gst_is_dmabuf_memory()` is true) and maps through GStreamer's dma-buf
+//! map, which brackets CPU access with `DMA_BUF_IOCTL_SYNC` in the mapped direction.
+//!
+//! The plugin registers one instance under the name `dmaheap` (heap `auto`):
+//! `gst_allocator_find("dmaheap")` from C, `Gst.Allocator.find("dmaheap")` from Python.
+//! Create more with [`DmaHeapAllocator::new`] (Rust) or
+//! `g_object_new(g_type_from_name("GstDmaHeapAllocator"), "heap", "system", NULL)` (C).
+//!
+//! The `heap` property takes a heap name, an ordered list ("linux,cma,reserved,system") or
+//! `auto`: a physically contiguous CMA heap if there is one, else `system`.
+
+use gst::glib;
+use gst::subclass::prelude::ObjectSubclassIsExt;
+
+use crate::kernel;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct DmaHeapAllocator(ObjectSubclass<imp::DmaHeapAllocator>)
+        @extends gst_allocators::DmaBufAllocator, gst_allocators::FdAllocator, gst::Allocator, gst::Object;
+}
+
+/// The name the plugin registers its allocator under.
+pub const ALLOCATOR_NAME: &str = "dmaheap";
+
+impl DmaHeapAllocator {
+    /// An allocator for `heap` (a name, an ordered comma-separated list, or "auto"). The heap is
+    /// opened now, so a missing heap is reported here, listing the heaps that exist.
+    pub fn new(heap: &str) -> Result<DmaHeapAllocator, kernel::Error> {
+        let allocator: DmaHeapAllocator = glib::Object::builder().property("heap", heap).build();
+        allocator.imp().heap()?;
+        Ok(allocator)
+    }
+
+    /// The heap memory comes from, opening it if that has not happened yet.
+    pub fn heap_name(&self) -> Result<String, kernel::Error> {
+        Ok(self.imp().heap()?.name().to_string())
+    }
+
+    /// Whether the chosen heap is physically contiguous (a CMA heap).
+    pub fn is_contiguous(&self) -> Result<bool, kernel::Error> {
+        Ok(self.imp().heap()?.is_contiguous())
+    }
+}
+
+pub fn register() {
+    // Registration hands a reference to GStreamer's allocator table, which keeps it for the life
+    // of the process; find it again with `gst::Allocator::find(Some("dmaheap"))`.
+    let allocator: DmaHeapAllocator = glib::Object::new();
+    gst::Allocator::register(ALLOCATOR_NAME, allocator);
+}

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MPL-2.0
+//! GstMemory plumbing shared by the allocators and elements: wrapping fds as memories, and
+//! attaching per-memory data (a memory's dma-buf export) the way kmssink caches framebuffers.
+
+use std::ffi::c_void;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::sync::LazyLock;
+
+use gst::glib;
+use gst::glib::translate::*;
+
+use gst_allocators::prelude::*;
+
+use crate::kernel;
+
+/// The size to allocate for `size` bytes with `params`' prefix and padding, in whole pages:
+/// udmabuf exports and dma-heap buffers are page-granular.
+pub fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize> {
+    let total = size
+        .checked_add(params.prefix())?
+        .checked_add(params.padding())?;
+    usize::try_from(kernel::page_align(total as u64)).ok()
+}
+
+/// Wraps `fd` (ownership passes to the memory) as a memory of `allocator`, whose data starts at
+/// `params.prefix()` and is `size` bytes long; `maxsize` stays the fd's whole size.
+pub fn wrap_fd(
+    allocator: &impl IsA<gst_allocators::FdAllocator>,
+    fd: OwnedFd,
+    maxsize: usize,
+    size: usize,
+    params: &gst::AllocationParams,
+    flags: gst_allocators::FdMemoryFlags,
+) -> Result<gst::Memory, glib::BoolError> {
+    // SAFETY: the fd is valid and owned; the memory takes it over and closes it when freed.
+    let mut mem = unsafe { allocator.alloc_fd(fd.into_raw_fd(), maxsize, flags)? };
+    mem.get_mut()
+        .expect("a fresh memory is writable")
+        .resize(params.prefix()..params.prefix() + size);
+    Ok(mem)
+}
+
+/// The one quark under which vmemexport caches a memory's dma-buf export.
+static EXPORT_QUARK: LazyLock<glib::Quark> =
+    LazyLock::new(|| glib::Quark::from_str("GstVmemExport"));
+
+/// The dma-buf memory cached on `mem`, if any.
+pub fn cached_export(mem: &gst::MemoryRef) -> Option<gst::Memory> {
+    // SAFETY: the qdata under this quark is only ever set by `cache_export`, as a
+    // `*mut GstMemory` holding one reference that lives as long as `mem`.
+    unsafe {
+        let ptr =
+            gst::ffi::gst_mini_object_get_qdata(mem.as_mut_ptr().cast(), EXPORT_QUARK.into_glib());
+        if ptr.is_null() {
+            None
+        } else {
+            Some(from_glib_none(ptr as *mut gst::ffi::GstMemory))
+        }
+    }
+}
+
+/// Caches `export` on `mem`: it is released when `mem` is freed (its pool buffer destroyed).
+pub fn cache_export(mem: &gst::MemoryRef, export: gst::Memory) {
+    unsafe extern "C" fn release(data: *mut c_void) {
+        // SAFETY: `data` is the reference `cache_export` stored.
+        unsafe { gst::ffi::gst_mini_object_unref(data.cast()) };
+    }
+    // SAFETY: the stored pointer carries its own reference, released by `release` when the
+    // qdata is replaced or `mem` is finalized.
+    unsafe {
+        gst::ffi::gst_mini_object_set_qdata(
+            mem.as_mut_ptr().cast(),
+            EXPORT_QUARK.into_glib(),
+            export.into_glib_ptr().cast(),
+            Some(release),
+        );
+    }
+}
+
+/// Whether every memory of `buffer` is dma-buf memory.
+pub fn is_all_dmabuf(buffer: &gst::BufferRef) -> bool {
+    buffer.n_memory() > 0
+        && buffer.iter_memories().all(|m| {
+            m.downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+                .is_some()
+        })
+}

@@ -1,0 +1,668 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::collections::HashSet;
+use std::os::fd::BorrowedFd;
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::base_transform::{InputBuffer, PrepareOutputBufferSuccess};
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use super::Backing;
+use super::export::{Exporter, Outcome, Refusal, Stats};
+use super::memfd_allocator::MemfdAllocator;
+use crate::formats::{self, CapsKind};
+use crate::heapalloc::DmaHeapAllocator;
+use crate::kernel::{self, SyncAccess, Udmabuf};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "vmemexport",
+        gst::DebugColorFlags::empty(),
+        Some("System memory to dma-buf without a copy"),
+    )
+});
+
+/// Buffers the proposed pool keeps at least: one being written, one displayed, one queued.
+const MIN_POOL_BUFFERS: u32 = 3;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    backing: Backing,
+    heap: String,
+    copy_fallback: bool,
+    propose_pool: bool,
+    sync: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            backing: Backing::Auto,
+            heap: "auto".into(),
+            copy_fallback: true,
+            propose_pool: true,
+            sync: true,
+        }
+    }
+}
+
+/// What `start` resolved, and what the stream needs.
+struct State {
+    backing: Backing,
+    exporter: Exporter,
+    heap_allocator: Option<DmaHeapAllocator>,
+    in_info: Option<gst_video::VideoInfo>,
+    /// Where frames are copied when they cannot leave as they are.
+    copy_pool: Option<gst::BufferPool>,
+    warned: HashSet<Refusal>,
+}
+
+#[derive(Default)]
+pub struct VmemExport {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+}
+
+impl VmemExport {
+    fn settings(&self) -> Settings {
+        self.settings.lock().unwrap().clone()
+    }
+
+    /// Resolves `backing` into what this run uses, with errors that say how to fix the system.
+    fn open_backing(&self, settings: &Settings) -> Result<State, gst::ErrorMessage> {
+        let name = format!("vmemexport:{}", self.obj().name());
+        let udmabuf = match settings.backing {
+            Backing::Heap => None,
+            Backing::Memfd | Backing::Auto => match Udmabuf::open() {
+                Ok(u) => Some(u),
+                Err(e) if settings.backing == Backing::Memfd => {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::OpenReadWrite,
+                        ("backing=memfd needs {}: {e}", kernel::UDMABUF_PATH)
+                    ));
+                }
+                Err(e) => {
+                    gst::info!(CAT, imp = self, "no udmabuf ({e}), trying dma-heaps");
+                    None
+                }
+            },
+        };
+        let backing = match (settings.backing, &udmabuf) {
+            (Backing::Heap, _) | (Backing::Auto, None) => Backing::Heap,
+            _ => Backing::Memfd,
+        };
+        // The heap is needed for backing=heap, and as the copy target for frames over udmabuf's
+        // size limit; only the former makes a missing heap fatal.
+        let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
+            Ok(a) => Some(a),
+            Err(e) if backing == Backing::Heap => {
+                let udmabuf_why = if settings.backing == Backing::Auto {
+                    match Udmabuf::open() {
+                        Err(u) => format!("{u}; and "),
+                        Ok(_) => String::new(),
+                    }
+                } else {
+                    String::new()
+                };
+                return Err(gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("No way to make dma-bufs: {udmabuf_why}{e}")
+                ));
+            }
+            Err(e) => {
+                gst::info!(CAT, imp = self, "no dma-heap for oversized frames: {e}");
+                None
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "backing {backing:?}{}",
+            heap_allocator
+                .as_ref()
+                .and_then(|a| a.heap_name().ok())
+                .map(|h| format!(", heap {h}"))
+                .unwrap_or_default()
+        );
+        Ok(State {
+            backing,
+            exporter: Exporter::new(udmabuf, name),
+            heap_allocator,
+            in_info: None,
+            copy_pool: None,
+            warned: HashSet::new(),
+        })
+    }
+
+    /// A video pool of `info` frames whose memory comes from `allocator`, one memory per buffer.
+    fn make_pool(
+        &self,
+        allocator: &gst::Allocator,
+        caps: &gst::Caps,
+        info: &gst_video::VideoInfo,
+        min: u32,
+    ) -> Result<gst::BufferPool, glib::BoolError> {
+        let pool = gst_video::VideoBufferPool::new();
+        let mut config = pool.config();
+        config.set_params(Some(caps), info.size() as u32, min, 0);
+        config.set_allocator(Some(allocator), None);
+        config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+        pool.set_config(config)?;
+        Ok(pool.upcast())
+    }
+
+    /// The allocator whose memory leaves without a copy for this backing.
+    fn zero_copy_allocator(state: &State) -> Option<gst::Allocator> {
+        match state.backing {
+            Backing::Heap => state.heap_allocator.clone().map(|a| a.upcast()),
+            _ => Some(MemfdAllocator::default().upcast()),
+        }
+    }
+
+    /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf.
+    fn copy_to_pool(
+        &self,
+        state: &mut State,
+        inbuf: &gst::BufferRef,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
+        if state.copy_pool.is_none() {
+            // Frames over udmabuf's limit can only be copied into heap memory.
+            let fits = state
+                .exporter
+                .size_limit()
+                .is_some_and(|l| kernel::page_align(info.size() as u64) <= l);
+            let allocator: gst::Allocator = if fits {
+                MemfdAllocator::default().upcast()
+            } else if let Some(heap) = &state.heap_allocator {
+                heap.clone().upcast()
+            } else {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    (
+                        "Frames of {} bytes exceed udmabuf's size limit and no dma-heap is usable",
+                        info.size()
+                    )
+                );
+                return Err(gst::FlowError::Error);
+            };
+            let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
+            let pool = self.make_pool(&allocator, &caps, &info, 2).map_err(|e| {
+                gst::error!(CAT, imp = self, "copy pool: {e}");
+                gst::FlowError::Error
+            })?;
+            pool.set_active(true).map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Cannot allocate dma-buf memory: {e}")
+                );
+                gst::FlowError::Error
+            })?;
+            state.copy_pool = Some(pool);
+        }
+        let pool = state.copy_pool.as_ref().unwrap();
+        let mut outbuf = pool.acquire_buffer(None)?;
+        {
+            let outm = outbuf.get_mut().unwrap();
+            let src =
+                gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info).map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("Cannot map the input frame")
+                    );
+                    gst::FlowError::Error
+                })?;
+            let mut dst =
+                gst_video::VideoFrameRef::from_buffer_ref_writable(outm, &info).map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Write,
+                        ("Cannot map a dma-buf for writing")
+                    );
+                    gst::FlowError::Error
+                })?;
+            src.copy(&mut dst).map_err(|_| gst::FlowError::Error)?;
+        }
+        Ok(outbuf)
+    }
+
+    /// The output for `source` (the buffer whose pages leave): its dma-buf memory, metas,
+    /// and a reference that returns `source` to its pool only when downstream is done.
+    fn wrap(
+        &self,
+        state: &State,
+        settings: &Settings,
+        source: &gst::Buffer,
+        timing: &gst::BufferRef,
+        stats: &mut Stats,
+    ) -> Result<gst::Buffer, Refusal> {
+        let (dmabuf, outcome) = state.exporter.dmabuf_of(source)?;
+        match outcome {
+            Outcome::Exported => stats.exported += 1,
+            Outcome::CacheHit => stats.export_cache_hits += 1,
+            Outcome::AlreadyDmabuf => {}
+        }
+        if settings.sync && outcome != Outcome::AlreadyDmabuf {
+            // The CPU wrote these pages through another mapping: make the writes visible to
+            // devices (DMA_BUF_IOCTL_SYNC needs a begin before the end on udmabuf).
+            let fd = dmabuf
+                .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+                .unwrap()
+                .fd();
+            // SAFETY: the fd belongs to `dmabuf`, alive for this scope.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let synced = kernel::sync_start(fd, SyncAccess::Write)
+                .and_then(|_| kernel::sync_end(fd, SyncAccess::Write));
+            match synced {
+                Ok(()) => stats.syncs += 1,
+                Err(e) => gst::warning!(CAT, imp = self, "DMA_BUF_IOCTL_SYNC: {e}"),
+            }
+        }
+        let mut out = gst::Buffer::new();
+        {
+            let outm = out.get_mut().unwrap();
+            outm.append_memory(dmabuf);
+            // Metas (VideoMeta above all) describe the pages, so they come from `source`;
+            // flags and timestamps from the frame as it arrived.
+            source
+                .copy_into(outm, gst::BufferCopyFlags::META, ..)
+                .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
+            timing
+                .copy_into(
+                    outm,
+                    gst::BufferCopyFlags::FLAGS | gst::BufferCopyFlags::TIMESTAMPS,
+                    ..,
+                )
+                .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
+            gst::ParentBufferMeta::add(outm, source);
+        }
+        Ok(out)
+    }
+
+    fn refuse(
+        &self,
+        state: &mut State,
+        settings: &Settings,
+        why: &Refusal,
+    ) -> Result<(), gst::FlowError> {
+        if !settings.copy_fallback {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Failed,
+                ("Zero-copy is impossible: {why}"),
+                [
+                    "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
+                ]
+            );
+            return Err(gst::FlowError::Error);
+        }
+        if state.warned.insert(why.clone()) {
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Negotiation,
+                ("Copying frames into dma-buf memory: {why}"),
+                ["Every such frame costs a copy; see the stats property"]
+            );
+        }
+        Ok(())
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for VmemExport {
+    const NAME: &'static str = "GstVmemExport";
+    type Type = super::VmemExport;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for VmemExport {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecEnum::builder_with_default("backing", Backing::Auto)
+                    .nick("Backing")
+                    .blurb(
+                        "Memory proposed to upstream: memfd pages exported through /dev/udmabuf, \
+                         dma-heap buffers (see heap), or auto (memfd if /dev/udmabuf is usable)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("heap")
+                    .nick("Heap")
+                    .blurb(
+                        "dma-heap for backing=heap and for copies of frames over udmabuf's size \
+                         limit: a name (system, linux,cma, reserved...), an ordered list, or auto \
+                         (CMA if present, else system)",
+                    )
+                    .default_value(Some("auto"))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("copy-fallback")
+                    .nick("Copy fallback")
+                    .blurb(
+                        "When a frame cannot leave without a copy, copy it into dma-buf memory \
+                         (counted in stats, warned once per reason); false makes that an error",
+                    )
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("propose-pool")
+                    .nick("Propose pool")
+                    .blurb(
+                        "Offer upstream a pool of exportable memory (false makes upstream use its \
+                         own memory, i.e. the copy path, e.g. for comparisons)",
+                    )
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("sync")
+                    .nick("Sync")
+                    .blurb(
+                        "Bracket each hand-over with DMA_BUF_IOCTL_SYNC so CPU writes reach \
+                         non-coherent devices",
+                    )
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "frames, exported (new dma-bufs), export-cache-hits, passthrough, \
+                         copies, bytes-copied, syncs",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "backing" => settings.backing = value.get().unwrap(),
+            "heap" => {
+                settings.heap = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| "auto".into())
+            }
+            "copy-fallback" => settings.copy_fallback = value.get().unwrap(),
+            "propose-pool" => settings.propose_pool = value.get().unwrap(),
+            "sync" => settings.sync = value.get().unwrap(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "backing" => settings.backing.to_value(),
+            "heap" => settings.heap.to_value(),
+            "copy-fallback" => settings.copy_fallback.to_value(),
+            "propose-pool" => settings.propose_pool.to_value(),
+            "sync" => settings.sync.to_value(),
+            "stats" => self.stats.lock().unwrap().to_structure().to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for VmemExport {}
+
+impl ElementImpl for VmemExport {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Virtual memory exporter",
+                "Filter/Video",
+                "Outputs system-memory video as DMABuf memory without copying: proposes a \
+                 memfd-backed pool upstream and exports each buffer once through udmabuf",
+                "gst-vmem developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let src_caps = formats::dmabuf_caps();
+            let mut sink_caps = formats::sysmem_caps();
+            // Dma-buf input is accepted and passed through.
+            sink_caps.merge(formats::dmabuf_caps());
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &sink_caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &src_caps,
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for VmemExport {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::NeverInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings();
+        let state = self.open_backing(&settings)?;
+        *self.state.lock().unwrap() = Some(state);
+        *self.stats.lock().unwrap() = Stats::default();
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(pool) = self.state.lock().unwrap().take().and_then(|s| s.copy_pool) {
+            let _ = pool.set_active(false);
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "stats at stop: {:?}",
+            *self.stats.lock().unwrap()
+        );
+        Ok(())
+    }
+
+    fn transform_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        filter: Option<&gst::Caps>,
+    ) -> Option<gst::Caps> {
+        let other = match direction {
+            gst::PadDirection::Sink => formats::sysmem_to_dmabuf(caps),
+            _ => formats::dmabuf_to_sysmem(caps),
+        };
+        gst::trace!(CAT, imp = self, "{direction:?} {caps} -> {other}");
+        Some(match filter {
+            Some(filter) => filter.intersect_with_mode(&other, gst::CapsIntersectMode::First),
+            None => other,
+        })
+    }
+
+    fn fixate_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        othercaps: gst::Caps,
+    ) -> gst::Caps {
+        if direction != gst::PadDirection::Sink {
+            return self.parent_fixate_caps(direction, caps, othercaps);
+        }
+        // Prefer describing the output as dma-buf when downstream accepts that.
+        let preferred = othercaps
+            .iter_with_features()
+            .position(|(_, f)| f.contains(formats::CAPS_FEATURE_DMABUF))
+            .unwrap_or(0);
+        let mut chosen = gst::Caps::new_empty();
+        if let Some((s, f)) = othercaps.iter_with_features().nth(preferred) {
+            chosen
+                .get_mut()
+                .unwrap()
+                .append_structure_full(s.to_owned(), Some(f.to_owned()));
+        }
+        self.parent_fixate_caps(direction, caps, chosen)
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let (in_info, in_kind) = formats::video_info_from_caps(incaps)
+            .ok_or_else(|| gst::loggable_error!(CAT, "cannot parse input caps {incaps}"))?;
+        let (out_info, out_kind) = formats::video_info_from_caps(outcaps)
+            .ok_or_else(|| gst::loggable_error!(CAT, "cannot parse output caps {outcaps}"))?;
+        if in_info.format() != out_info.format()
+            || in_info.width() != out_info.width()
+            || in_info.height() != out_info.height()
+        {
+            return Err(gst::loggable_error!(
+                CAT,
+                "caps differ beyond memory: {incaps} vs {outcaps}"
+            ));
+        }
+        // Dma-buf caps in: the buffers already are what downstream wants.
+        self.obj().set_passthrough(in_kind != CapsKind::Plain);
+        gst::info!(
+            CAT,
+            imp = self,
+            "{in_kind:?} {incaps} -> {out_kind:?} {outcaps}"
+        );
+        let mut state = self.state.lock().unwrap();
+        let state = state
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+        if let Some(pool) = state.copy_pool.take() {
+            let _ = pool.set_active(false);
+        }
+        state.in_info = Some(in_info);
+        Ok(())
+    }
+
+    fn propose_allocation(
+        &self,
+        decide_query: Option<&gst::query::Allocation>,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        let settings = self.settings();
+        if self.obj().is_passthrough() || !settings.propose_pool {
+            return self.parent_propose_allocation(decide_query, query);
+        }
+        let (Some(caps), need_pool) = query.get_owned() else {
+            return Err(gst::loggable_error!(CAT, "allocation query without caps"));
+        };
+        let Some((info, CapsKind::Plain)) = formats::video_info_from_caps(&caps) else {
+            return self.parent_propose_allocation(decide_query, query);
+        };
+        let state = self.state.lock().unwrap();
+        let state = state
+            .as_ref()
+            .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+        let Some(allocator) = Self::zero_copy_allocator(state) else {
+            return Ok(());
+        };
+        if need_pool {
+            let pool = self
+                .make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS)
+                .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
+            query.add_allocation_pool(Some(&pool), info.size() as u32, MIN_POOL_BUFFERS, 0);
+        }
+        query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
+        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "proposed {:?} pool for {caps}",
+            state.backing
+        );
+        Ok(())
+    }
+
+    fn decide_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        // Downstream's pools (kmssink's dumb buffers, ...) are not used: our output is the
+        // pages upstream wrote. Leaving them unconfigured keeps them from allocating at all.
+        while query.allocation_pools().len() > 0 {
+            query.remove_nth_allocation_pool(0);
+        }
+        Ok(())
+    }
+
+    fn prepare_output_buffer(
+        &self,
+        inbuf: InputBuffer,
+    ) -> Result<PrepareOutputBufferSuccess, gst::FlowError> {
+        let inbuf = match inbuf {
+            InputBuffer::Readable(b) => b,
+            InputBuffer::Writable(b) => &*b,
+        };
+        let settings = self.settings();
+        let mut stats = *self.stats.lock().unwrap();
+        stats.frames += 1;
+        if self.obj().is_passthrough() {
+            stats.passthrough += 1;
+            *self.stats.lock().unwrap() = stats;
+            return Ok(PrepareOutputBufferSuccess::InputBuffer);
+        }
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let source = inbuf.to_owned();
+        let out = match self.wrap(state, &settings, &source, inbuf, &mut stats) {
+            Ok(out) => {
+                if crate::memory::is_all_dmabuf(inbuf) {
+                    stats.passthrough += 1;
+                }
+                out
+            }
+            Err(why) => {
+                gst::debug!(CAT, imp = self, "copy: {why}");
+                self.refuse(state, &settings, &why)?;
+                let copied = self.copy_to_pool(state, inbuf)?;
+                stats.copies += 1;
+                stats.bytes_copied += state.in_info.as_ref().map_or(0, |i| i.size() as u64);
+                self.wrap(state, &settings, &copied, inbuf, &mut stats)
+                    .map_err(|why| {
+                        gst::element_imp_error!(
+                            self,
+                            gst::ResourceError::Failed,
+                            ("Cannot export the copy: {why}")
+                        );
+                        gst::FlowError::Error
+                    })?
+            }
+        };
+        *self.stats.lock().unwrap() = stats;
+        Ok(PrepareOutputBufferSuccess::Buffer(out))
+    }
+
+    fn transform(
+        &self,
+        _inbuf: &gst::Buffer,
+        _outbuf: &mut gst::BufferRef,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // All the work is in prepare_output_buffer: the output shares the input's pages.
+        Ok(gst::FlowSuccess::Ok)
+    }
+}

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `vmemexport`: system-memory video in, the same pages out as DMABuf memory.
+//!
+//! It proposes upstream a pool whose buffers are sealed memfds (one page-aligned memory per
+//! buffer holding every plane, with VideoMeta), exports each pool buffer once through
+//! `/dev/udmabuf` the first time it passes, caches that dma-buf on the buffer's memory and
+//! reuses it for every later frame. The output buffer carries the dma-buf memory (size = frame
+//! size, maxsize = the page-rounded export), the input's VideoMeta, timestamps and flags, and
+//! keeps the input buffer alive until downstream releases it, so the pool never reuses pages a
+//! display or encoder still reads.
+//!
+//! When zero-copy is impossible (upstream ignored the pool, its memory is no sealed memfd, the
+//! frame is over udmabuf's size limit, the buffer has several memories) the frame is copied into
+//! a pooled dma-buf, counted in `stats`, and a warning says why once; `copy-fallback=false` makes
+//! that an error instead. Input that already is dma-buf memory passes through untouched.
+//!
+//! ```text
+//! gst-launch-1.0 videotestsrc ! video/x-raw,format=BGRx ! vmemexport ! kmssink driver-name=vkms
+//! gst-launch-1.0 videotestsrc ! video/x-raw,format=NV12,width=1280,height=720 ! vmemexport ! \
+//!     v4l2fwhtenc output-io-mode=dmabuf-import ! fakesink
+//! ```
+
+use gst::glib;
+use gst::prelude::*;
+
+mod export;
+mod imp;
+pub mod memfd_allocator;
+
+pub use memfd_allocator::MemfdAllocator;
+
+glib::wrapper! {
+    pub struct VmemExport(ObjectSubclass<imp::VmemExport>)
+        @extends gst_base::BaseTransform, gst::Element, gst::Object;
+}
+
+/// Where the pages handed downstream come from.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstVmemExportBacking")]
+pub enum Backing {
+    /// memfd when /dev/udmabuf can be opened, else heap.
+    #[default]
+    #[enum_value(
+        name = "Auto: memfd when /dev/udmabuf is usable, else heap",
+        nick = "auto"
+    )]
+    Auto,
+    /// Upstream writes into sealed memfds, exported through /dev/udmabuf (scattered pages).
+    #[enum_value(
+        name = "Memfd: memfd pages exported through /dev/udmabuf",
+        nick = "memfd"
+    )]
+    Memfd,
+    /// Upstream writes straight into dma-heap buffers (e.g. contiguous CMA memory).
+    #[enum_value(name = "Heap: dma-heap buffers (see the heap property)", nick = "heap")]
+    Heap,
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "vmemexport",
+        gst::Rank::NONE,
+        VmemExport::static_type(),
+    )
+}
