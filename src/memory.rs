@@ -85,3 +85,15 @@ pub fn is_all_dmabuf(buffer: &gst::BufferRef) -> bool {
                 .is_some()
         })
 }
+
+/// A new reference to `buffer` (not a copy: `ToOwned` on a `BufferRef` copies).
+pub fn buffer_ref(buffer: &gst::BufferRef) -> gst::Buffer {
+    // SAFETY: `buffer` is a valid buffer; from_glib_none takes a new reference.
+    unsafe { from_glib_none(buffer.as_ptr()) }
+}
+
+/// A new reference to `mem` (not a copy, which for dma-buf memory would be a pixel copy).
+pub fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
+    // SAFETY: `mem` is a valid memory; from_glib_none takes a new reference.
+    unsafe { from_glib_none(mem.as_ptr()) }
+}

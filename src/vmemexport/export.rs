@@ -85,7 +85,7 @@ impl Exporter {
             .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
             .is_some()
         {
-            return Ok((mem.to_owned(), Outcome::AlreadyDmabuf));
+            return Ok((memory::memory_ref(mem), Outcome::AlreadyDmabuf));
         }
         if let Some(export) = memory::cached_export(mem) {
             return Ok((export, Outcome::CacheHit));

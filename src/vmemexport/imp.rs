@@ -628,7 +628,7 @@ impl BaseTransformImpl for VmemExport {
         }
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let source = inbuf.to_owned();
+        let source = crate::memory::buffer_ref(inbuf);
         let out = match self.wrap(state, &settings, &source, inbuf, &mut stats) {
             Ok(out) => {
                 if crate::memory::is_all_dmabuf(inbuf) {
