@@ -270,11 +270,13 @@ impl VmemExport {
         {
             let outm = out.get_mut().unwrap();
             outm.append_memory(dmabuf);
-            // Metas (VideoMeta above all) describe the pages, so they come from `source`;
-            // flags and timestamps from the frame as it arrived.
+            // Metas describe the pages, so they come from `source`; flags and timestamps from
+            // the frame as it arrived. A plain meta copy skips VideoMeta (it is tagged as
+            // describing memory), so that one is carried over explicitly.
             source
                 .copy_into(outm, gst::BufferCopyFlags::META, ..)
                 .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
+            copy_video_meta(source, outm, state.in_info.as_ref());
             timing
                 .copy_into(
                     outm,
@@ -313,6 +315,41 @@ impl VmemExport {
             );
         }
         Ok(())
+    }
+}
+
+/// Gives `out` the layout of `source`: its VideoMeta, or one for the default layout of `info`,
+/// since dma-buf importers (DMA_DRM caps above all) expect the layout spelled out.
+fn copy_video_meta(
+    source: &gst::BufferRef,
+    out: &mut gst::BufferRef,
+    info: Option<&gst_video::VideoInfo>,
+) {
+    let layout = match source.meta::<gst_video::VideoMeta>() {
+        Some(m) => Some((
+            m.video_frame_flags(),
+            m.format(),
+            m.width(),
+            m.height(),
+            m.offset().to_vec(),
+            m.stride().to_vec(),
+        )),
+        None => info.map(|i| {
+            (
+                gst_video::VideoFrameFlags::empty(),
+                i.format(),
+                i.width(),
+                i.height(),
+                i.offset().to_vec(),
+                i.stride().to_vec(),
+            )
+        }),
+    };
+    if let Some((flags, format, width, height, offsets, strides)) = layout
+        && let Err(e) =
+            gst_video::VideoMeta::add_full(out, flags, format, width, height, &offsets, &strides)
+    {
+        gst::warning!(CAT, "cannot add VideoMeta: {e}");
     }
 }
 

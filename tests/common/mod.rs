@@ -1,0 +1,275 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Helpers shared by the integration tests: plugin registration, running pipelines, reading
+//! stats, capturing GStreamer's log, and comparing frames by content.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use gst::prelude::*;
+use gst_video::prelude::*;
+
+pub fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstvmem::plugin_register_static().expect("register the vmem plugin");
+    });
+}
+
+/// `(major, minor)` of the GStreamer the test runs against.
+pub fn gst_version() -> (u32, u32) {
+    let (major, minor, _, _) = gst::version();
+    (major, minor)
+}
+
+pub fn launch(desc: &str) -> gst::Pipeline {
+    gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("cannot build '{desc}': {e}"))
+        .downcast()
+        .unwrap()
+}
+
+/// What a pipeline run posted besides EOS.
+#[derive(Debug, Default)]
+pub struct RunResult {
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Plays `pipeline` to EOS (or an error), then sets it to NULL. Panics after `timeout`.
+pub fn run_for(pipeline: &gst::Pipeline, timeout: Duration) -> RunResult {
+    let bus = pipeline.bus().unwrap();
+    let mut result = RunResult::default();
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        // The error message on the bus says why.
+        result.error = Some("state change to PLAYING failed".into());
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "pipeline did not finish within {timeout:?}"
+        );
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64))
+        else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                result.error = Some(format!(
+                    "{}: {} ({})",
+                    e.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default()
+                ));
+                break;
+            }
+            gst::MessageView::Warning(w) => result.warnings.push(format!(
+                "{}: {} ({})",
+                w.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                w.error(),
+                w.debug().map(|d| d.to_string()).unwrap_or_default()
+            )),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    result
+}
+
+/// Plays `pipeline` to EOS and panics on any error.
+pub fn run(pipeline: &gst::Pipeline) -> RunResult {
+    let result = run_for(pipeline, Duration::from_secs(300));
+    if let Some(e) = &result.error {
+        panic!("pipeline failed: {e}");
+    }
+    result
+}
+
+pub fn element(pipeline: &gst::Pipeline, name: &str) -> gst::Element {
+    pipeline
+        .by_name(name)
+        .unwrap_or_else(|| panic!("no element {name}"))
+}
+
+/// A counter of an element's `stats` structure.
+pub fn stat(element: &gst::Element, field: &str) -> u64 {
+    let stats = element.property::<gst::Structure>("stats");
+    stats
+        .get::<u64>(field)
+        .unwrap_or_else(|e| panic!("stats has no {field}: {e} ({stats})"))
+}
+
+/// Collects the messages GStreamer logs in the given categories while it lives.
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<(String, String)>>>,
+    handle: Option<gst::log::DebugLogFunction>,
+}
+
+impl LogCapture {
+    /// Captures `categories` at `level` (kmssink's import messages are at LOG).
+    pub fn new(categories: &[&str], level: gst::DebugLevel) -> LogCapture {
+        gst::log::remove_default_log_function();
+        for cat in categories {
+            gst::log::set_threshold_for_name(cat, level);
+        }
+        let wanted: Vec<String> = categories.iter().map(|s| s.to_string()).collect();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let handle =
+            gst::log::add_log_function(move |cat, _level, _file, _func, _line, _obj, msg| {
+                if wanted.iter().any(|w| w == cat.name())
+                    && let Some(msg) = msg.get()
+                {
+                    sink.lock()
+                        .unwrap()
+                        .push((cat.name().to_string(), msg.to_string()));
+                }
+            });
+        LogCapture {
+            lines,
+            handle: Some(handle),
+        }
+    }
+
+    /// How many captured messages of `category` contain `needle`.
+    pub fn count(&self, category: &str, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, m)| c == category && m.contains(needle))
+            .count()
+    }
+
+    pub fn clear(&self) {
+        self.lines.lock().unwrap().clear();
+    }
+}
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            gst::log::remove_log_function(h);
+        }
+    }
+}
+
+/// A frame's visible pixels, unpacked row by row into GStreamer's unpack format (AYUV/ARGB,
+/// 8 or 16 bits): frames compare equal when their pixels are equal, whatever their strides,
+/// plane offsets or padding bytes.
+pub fn normalized_frame(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> Vec<u8> {
+    let frame =
+        gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).expect("map frame");
+    let finfo = info.format_info();
+    let unpacked = gst_video::VideoFormatInfo::from_format(finfo.unpack_format());
+    let row_bytes = info.width() as usize * unpacked.pixel_stride()[0] as usize;
+    let n_planes = info.n_planes() as usize;
+    let planes = frame.planes_data();
+    let strides = frame.plane_stride();
+    // The vertical subsampling of each plane (that of its first component).
+    let vsub: Vec<u32> = (0..n_planes)
+        .map(|p| {
+            let c = (0..finfo.n_components() as usize)
+                .find(|&c| finfo.plane()[c] as usize == p)
+                .unwrap();
+            finfo.h_sub()[c]
+        })
+        .collect();
+    let mut out = vec![0u8; row_bytes * info.height() as usize];
+    for (y, row) in out.chunks_mut(row_bytes).enumerate() {
+        // Unpack line 0 of planes that start at line y: gstreamer-rs checks `y * stride`
+        // against each plane's length even for vertically subsampled planes.
+        let lines: Vec<&[u8]> = (0..n_planes)
+            .map(|p| &planes[p][(y >> vsub[p]) * strides[p] as usize..])
+            .collect();
+        finfo.unpack(
+            gst_video::VideoPackFlags::empty(),
+            row,
+            &lines,
+            &strides[..n_planes],
+            0,
+            0,
+            info.width() as i32,
+        );
+    }
+    out
+}
+
+/// FNV-1a: a stable, dependency-free checksum for frame comparisons.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Everything an appsink named `name` received: (caps, buffer) per frame.
+pub fn collect(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<(gst::Caps, gst::Buffer)>>> {
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = element(pipeline, name)
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let store = frames.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let caps = sample.caps().unwrap().to_owned();
+                store
+                    .lock()
+                    .unwrap()
+                    .push((caps, sample.buffer_owned().unwrap()));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    frames
+}
+
+/// The checksums of the frames `desc` (ending in `appsink name=out`) produces.
+pub fn frame_checksums(desc: &str) -> Vec<u64> {
+    let pipeline = launch(desc);
+    let frames = collect(&pipeline, "out");
+    run(&pipeline);
+    let frames = frames.lock().unwrap();
+    frames
+        .iter()
+        .map(|(caps, buf)| {
+            let (info, _) = gstvmem::formats::video_info_from_caps(caps).expect("video caps");
+            checksum(&normalized_frame(buf, &info))
+        })
+        .collect()
+}
+
+/// The bytes of every buffer an appsink named `out` receives (for bitstreams).
+pub fn output_bytes(desc: &str) -> Vec<Vec<u8>> {
+    let pipeline = launch(desc);
+    let frames = collect(&pipeline, "out");
+    run(&pipeline);
+    let frames = frames.lock().unwrap();
+    frames
+        .iter()
+        .map(|(_, b)| b.map_readable().unwrap().to_vec())
+        .collect()
+}
+
+/// The V4L2 video node of `driver` whose name ends with `suffix` (e.g. vivid's "vid-out").
+pub fn v4l2_node(driver: &str, name_contains: &str) -> String {
+    for entry in std::fs::read_dir("/sys/class/video4linux").expect("no V4L2 devices") {
+        let path = entry.unwrap().path();
+        let drv = std::fs::read_link(path.join("device/driver")).ok();
+        let name = std::fs::read_to_string(path.join("name")).unwrap_or_default();
+        if drv.is_some_and(|d| d.ends_with(driver)) && name.contains(name_contains) {
+            return format!("/dev/{}", path.file_name().unwrap().to_string_lossy());
+        }
+    }
+    panic!("no V4L2 node of {driver} named *{name_contains}*");
+}
+
+/// `Duration` helper for readability at call sites.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}

@@ -1,0 +1,501 @@
+// SPDX-License-Identifier: MPL-2.0
+//! vmemexport against the real kernel, kmssink on vkms and V4L2 on vicodec/vivid. Runs in the
+//! VM testbed (tests/vm/suite passes --include-ignored), on GStreamer 1.22, 1.26 and 1.28.
+
+mod common;
+
+use std::os::fd::BorrowedFd;
+
+use common::*;
+use gst::prelude::*;
+use gstvmem::formats::CapsKind;
+use gstvmem::kernel::{self, Mapping, SyncAccess};
+
+const BGRX_VGA: &str = "video/x-raw,format=BGRx,width=640,height=480,framerate=30/1";
+const I420_720P: &str = "video/x-raw,format=I420,width=1280,height=720,framerate=30/1";
+
+fn dmabuf_fd(mem: &gst::MemoryRef) -> BorrowedFd<'_> {
+    let fd = mem
+        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+        .expect("output memory must be dma-buf memory")
+        .fd();
+    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+fn fdinfo_field(fd: BorrowedFd<'_>, field: &str) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// Checks, for a buffer leaving vmemexport, that it is one dma-buf memory made by udmabuf and
+/// named after the element, whose pages are the ones upstream wrote: a byte written through
+/// the upstream memfd mapping is read back through the dma-buf mapping.
+fn assert_same_pages(buffer: &gst::BufferRef) {
+    assert_eq!(buffer.n_memory(), 1, "one memory holding all planes");
+    assert!(
+        buffer.meta::<gst_video::VideoMeta>().is_some(),
+        "importers need the layout: VideoMeta"
+    );
+    let mem = buffer.peek_memory(0);
+    let fd = dmabuf_fd(mem);
+    assert_eq!(fdinfo_field(fd, "exp_name").as_deref(), Some("udmabuf"));
+    assert!(kernel::dmabuf_name(fd).unwrap().starts_with("vmemexport:"));
+    assert_eq!(mem.offset(), 0, "V4L2 single-planar import needs offset 0");
+    assert_eq!(mem.maxsize() as u64, kernel::page_align(mem.size() as u64));
+
+    let parent = buffer
+        .meta::<gst::ParentBufferMeta>()
+        .expect("output keeps the upstream buffer alive")
+        .parent()
+        .to_owned();
+    let upstream = parent.peek_memory(0);
+    let memfd = upstream
+        .downcast_memory_ref::<gst_allocators::FdMemory>()
+        .expect("upstream wrote into the proposed memfd pool");
+    // SAFETY: the fd belongs to `upstream`, alive for this scope.
+    let memfd = unsafe { BorrowedFd::borrow_raw(memfd.fd()) };
+    let len = mem.maxsize();
+    let mut producer = Mapping::new(memfd, 0, len, true).unwrap();
+    let consumer = Mapping::new(fd, 0, len, false).unwrap();
+    let at = len / 2;
+    let old = producer.as_slice()[at];
+    producer.as_mut_slice()[at] = old ^ 0xff;
+    kernel::sync_start(fd, SyncAccess::Read).unwrap();
+    let seen = consumer.as_slice()[at];
+    kernel::sync_end(fd, SyncAccess::Read).unwrap();
+    producer.as_mut_slice()[at] = old;
+    assert_eq!(
+        seen,
+        old ^ 0xff,
+        "the dma-buf must show the producer's pages, not a copy"
+    );
+}
+
+/// Runs `desc` with a probe on the sink pad of `probe_at` checking every buffer's pages;
+/// returns the pipeline, how many buffers were checked and the caps they came with.
+fn run_checking_pages(desc: &str, probe_at: &str) -> (gst::Pipeline, usize, gst::Caps) {
+    let pipeline = launch(desc);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0, None)));
+    let store = seen.clone();
+    element(&pipeline, probe_at)
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            if let Some(buffer) = info.buffer() {
+                assert_same_pages(buffer);
+                let mut seen = store.lock().unwrap();
+                seen.0 += 1;
+                seen.1 = pad.current_caps();
+            }
+            gst::PadProbeReturn::Ok
+        });
+    run(&pipeline);
+    let (n, caps) = seen.lock().unwrap().clone();
+    (pipeline, n, caps.expect("no buffer reached the probe"))
+}
+
+fn assert_zero_copy(v: &gst::Element, frames: u64) {
+    assert_eq!(stat(v, "frames"), frames);
+    assert_eq!(stat(v, "copies"), 0);
+    assert_eq!(stat(v, "bytes-copied"), 0);
+    let exported = stat(v, "exported");
+    assert!(
+        (1..=6).contains(&exported),
+        "one export per pool buffer, not per frame: {exported} for {frames} frames"
+    );
+    assert_eq!(stat(v, "export-cache-hits"), frames - exported);
+    assert_eq!(stat(v, "syncs"), frames);
+}
+
+fn caps_on(pipeline: &gst::Pipeline, element_name: &str) -> gst::Caps {
+    element(pipeline, element_name)
+        .static_pad("sink")
+        .unwrap()
+        .current_caps()
+        .expect("negotiated")
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn kmssink_imports_our_dmabufs_without_copies() {
+    init();
+    let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);
+    let frames = 30;
+    let desc = format!(
+        "videotestsrc num-buffers={frames} pattern=smpte ! {BGRX_VGA} ! vmemexport name=v ! \
+         kmssink name=k driver-name=vkms sync=false"
+    );
+    let (pipeline, checked, caps) = run_checking_pages(&desc, "k");
+    assert_eq!(checked, frames);
+    let v = element(&pipeline, "v");
+    assert_zero_copy(&v, frames as u64);
+    // kmssink imported each dma-buf once (PRIME + AddFB2) and reused its framebuffer after;
+    // it shows the first frame twice (preroll, then playback).
+    let exported = stat(&v, "exported") as usize;
+    assert_eq!(log.count("kmssink", "setting KMS mem"), exported);
+    assert_eq!(log.count("kmssink", "found KMS mem"), frames + 1 - exported);
+    assert_eq!(log.count("GST_PERFORMANCE", "frame copy"), 0);
+    let (info, kind) = gstvmem::formats::video_info_from_caps(&caps).unwrap();
+    assert_eq!(info.format(), gst_video::VideoFormat::Bgrx);
+    // kmssink takes DMA_DRM from 1.26 on; before, plain caps carrying dma-buf memory.
+    let expected = if gst_version() >= (1, 26) {
+        CapsKind::DmaDrm
+    } else {
+        CapsKind::Plain
+    };
+    assert_eq!(kind, expected, "{caps}");
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn kmssink_copies_behind_a_tee_without_vmemexport() {
+    // The control: the same display path without vmemexport costs kmssink a copy per frame.
+    init();
+    let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers=10 ! {BGRX_VGA} ! tee ! queue ! kmssink driver-name=vkms sync=false"
+    ));
+    run(&pipeline);
+    // 10 frames and the preroll frame, each copied into a dumb buffer.
+    assert_eq!(log.count("GST_PERFORMANCE", "frame copy"), 11);
+    assert_eq!(log.count("kmssink", "setting KMS mem"), 0);
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn kmssink_shows_the_producers_pixels() {
+    // What the display imported equals what videotestsrc wrote, frame by frame.
+    init();
+    let reference = frame_checksums(&format!(
+        "videotestsrc num-buffers=8 pattern=ball ! {BGRX_VGA} ! appsink name=out sync=false"
+    ));
+    let through = frame_checksums(&format!(
+        "videotestsrc num-buffers=8 pattern=ball ! {BGRX_VGA} ! vmemexport ! tee name=t ! queue ! \
+         kmssink driver-name=vkms sync=false t. ! queue ! appsink name=out sync=false"
+    ));
+    assert_eq!(reference.len(), 8);
+    assert_eq!(through, reference);
+}
+
+fn fwht(desc_in: &str, caps: &str, frames: u32, export: bool) -> Vec<Vec<u8>> {
+    let (mid, mode) = if export {
+        ("vmemexport name=v !", "output-io-mode=dmabuf-import")
+    } else {
+        ("", "")
+    };
+    output_bytes(&format!(
+        "{desc_in} num-buffers={frames} ! {caps} ! {mid} v4l2fwhtenc name=enc {mode} ! appsink name=out sync=false"
+    ))
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn v4l2_encoder_imports_our_dmabufs() {
+    init();
+    for (caps, label) in [
+        (I420_720P, "I420"),
+        (
+            "video/x-raw,format=NV12,width=1280,height=720,framerate=30/1",
+            "NV12",
+        ),
+    ] {
+        // The encoder's input through dma-buf import must be the same frames as through
+        // upstream's own copy into MMAP buffers: the bitstreams are byte-identical.
+        let copy_path = fwht("videotestsrc pattern=ball", caps, 5, false);
+        let pipeline = launch(&format!(
+            "videotestsrc pattern=ball num-buffers=5 ! {caps} ! vmemexport name=v ! \
+             v4l2fwhtenc name=enc output-io-mode=dmabuf-import ! appsink name=out sync=false"
+        ));
+        let out = collect(&pipeline, "out");
+        let checked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = checked.clone();
+        element(&pipeline, "enc")
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                assert_same_pages(info.buffer().unwrap());
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
+        pipeline.set_state(gst::State::Paused).unwrap();
+        let _ = pipeline.state(gst::ClockTime::from_seconds(60));
+        let caps_in = caps_on(&pipeline, "enc");
+        run(&pipeline);
+        let zero_copy: Vec<Vec<u8>> = out
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.map_readable().unwrap().to_vec())
+            .collect();
+        assert_eq!(
+            checked.load(std::sync::atomic::Ordering::SeqCst),
+            5,
+            "{label}"
+        );
+        assert_eq!(zero_copy.len(), 5, "{label}");
+        assert!(
+            zero_copy == copy_path,
+            "{label}: bitstreams differ between dma-buf import and copy"
+        );
+        assert_zero_copy(&element(&pipeline, "v"), 5);
+        let s = caps_in.structure(0).unwrap();
+        if gst_version() >= (1, 26) {
+            assert!(
+                caps_in.features(0).unwrap().contains("memory:DMABuf"),
+                "{caps_in}"
+            );
+            assert_eq!(s.get::<&str>("format").unwrap(), "DMA_DRM", "{caps_in}");
+            let drm = if label == "I420" { "YU12" } else { "NV12" };
+            assert_eq!(s.get::<&str>("drm-format").unwrap(), drm);
+        } else {
+            assert_eq!(s.get::<&str>("format").unwrap(), label, "{caps_in}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn one_frame_to_display_and_encoder_without_copies() {
+    init();
+    let caps = "video/x-raw,format=BGRx,width=1280,height=720,framerate=30/1";
+    let frames = 6;
+    let copy_path = fwht("videotestsrc pattern=ball", caps, frames, false);
+    let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);
+    let pipeline = launch(&format!(
+        "videotestsrc pattern=ball num-buffers={frames} ! {caps} ! vmemexport name=v ! tee name=t ! \
+         queue ! kmssink driver-name=vkms sync=false \
+         t. ! queue ! v4l2fwhtenc output-io-mode=dmabuf-import ! appsink name=out sync=false"
+    ));
+    let out = collect(&pipeline, "out");
+    run(&pipeline);
+    let encoded: Vec<Vec<u8>> = out
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.map_readable().unwrap().to_vec())
+        .collect();
+    assert_eq!(encoded.len(), frames as usize);
+    assert!(
+        encoded == copy_path,
+        "the encoder saw other pixels than upstream wrote"
+    );
+    assert_eq!(log.count("GST_PERFORMANCE", "frame copy"), 0);
+    assert_eq!(
+        log.count("kmssink", "setting KMS mem") + log.count("kmssink", "found KMS mem"),
+        frames as usize + 1,
+        "every frame imported (the first twice: preroll)"
+    );
+    assert_zero_copy(&element(&pipeline, "v"), frames as u64);
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn vivid_output_imports_our_dmabufs() {
+    init();
+    let dev = v4l2_node("vivid", "vid-out");
+    // vivid's default output is S-Video (PAL, interlaced); HDMI takes progressive frames.
+    let status = std::process::Command::new("v4l2-ctl")
+        .args(["-d", &dev, "--set-output=1"])
+        .status()
+        .expect("v4l2-ctl (v4l-utils) in the testbed");
+    assert!(status.success());
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers=10 ! video/x-raw,format=YUY2,width=640,height=360 ! \
+         vmemexport name=v ! v4l2sink name=s device={dev} io-mode=dmabuf-import sync=false"
+    ));
+    run(&pipeline);
+    assert_zero_copy(&element(&pipeline, "v"), 10);
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn every_format_arrives_intact() {
+    init();
+    let formats = [
+        "NV12",
+        "I420",
+        "YV12",
+        "NV16",
+        "YUY2",
+        "UYVY",
+        "BGRx",
+        "BGRA",
+        "RGBx",
+        "RGBA",
+        "xRGB",
+        "ARGB",
+        "RGB16",
+        "GRAY8",
+        "P010_10LE",
+    ];
+    for format in formats {
+        for (w, h) in [(320, 240), (321, 241), (66, 34)] {
+            let caps = format!("video/x-raw,format={format},width={w},height={h},framerate=30/1");
+            let reference = frame_checksums(&format!(
+                "videotestsrc num-buffers=3 pattern=ball ! {caps} ! appsink name=out sync=false"
+            ));
+            let pipeline = launch(&format!(
+                "videotestsrc num-buffers=3 pattern=ball ! {caps} ! vmemexport name=v ! appsink name=out sync=false"
+            ));
+            let frames = collect(&pipeline, "out");
+            run(&pipeline);
+            let frames = frames.lock().unwrap();
+            let sums: Vec<u64> = frames
+                .iter()
+                .map(|(caps, buf)| {
+                    assert_same_pages(buf);
+                    let (info, _) = gstvmem::formats::video_info_from_caps(caps).unwrap();
+                    checksum(&normalized_frame(buf, &info))
+                })
+                .collect();
+            assert_eq!(sums, reference, "{format} {w}x{h}");
+            assert_eq!(
+                stat(&element(&pipeline, "v"), "copies"),
+                0,
+                "{format} {w}x{h}"
+            );
+        }
+    }
+}
+
+fn appsrc_malloc_pipeline(extra: &str) -> (gst::Pipeline, Vec<u64>) {
+    // appsrc pushes plain heap buffers: nothing vmemexport can export as-is.
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgrx, 64, 48)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .unwrap();
+    let pipeline = launch(&format!(
+        "appsrc name=src format=time ! vmemexport name=v {extra} ! appsink name=out sync=false"
+    ));
+    let src = element(&pipeline, "src")
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&info.to_caps().unwrap()));
+    let mut sums = Vec::new();
+    for i in 0..5u8 {
+        let mut buf = gst::Buffer::from_mut_slice(vec![i.wrapping_mul(40); info.size()]);
+        buf.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(33 * u64::from(i)));
+        sums.push(checksum(&normalized_frame(&buf, &info)));
+        src.push_buffer(buf).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    (pipeline, sums)
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn malloc_buffers_are_copied_counted_and_warned_about() {
+    init();
+    let (pipeline, expected) = appsrc_malloc_pipeline("");
+    let frames = collect(&pipeline, "out");
+    let result = run(&pipeline);
+    let v = element(&pipeline, "v");
+    assert_eq!(stat(&v, "copies"), 5);
+    assert_eq!(stat(&v, "bytes-copied"), 5 * 64 * 48 * 4);
+    assert_eq!(
+        result.warnings.len(),
+        1,
+        "one warning per reason: {:?}",
+        result.warnings
+    );
+    assert!(
+        result.warnings[0].contains("not fd-backed"),
+        "{:?}",
+        result.warnings
+    );
+    let frames = frames.lock().unwrap();
+    let sums: Vec<u64> = frames
+        .iter()
+        .map(|(caps, buf)| {
+            assert!(
+                gstvmem::memory::is_all_dmabuf(buf),
+                "copies leave as dma-bufs too"
+            );
+            let (info, _) = gstvmem::formats::video_info_from_caps(caps).unwrap();
+            checksum(&normalized_frame(buf, &info))
+        })
+        .collect();
+    assert_eq!(sums, expected);
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn strict_mode_refuses_to_copy() {
+    init();
+    let (pipeline, _) = appsrc_malloc_pipeline("copy-fallback=false");
+    let result = run_for(&pipeline, secs(60));
+    let error = result
+        .error
+        .expect("copy-fallback=false must fail on malloc buffers");
+    assert!(
+        error.contains("Zero-copy is impossible") && error.contains("not fd-backed"),
+        "{error}"
+    );
+    assert!(error.contains("copy-fallback=false"), "{error}");
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn queued_frames_are_never_overwritten() {
+    // Downstream holds 12 frames while upstream keeps producing: if the pool recycled pages
+    // still queued, frames would change under the queue and the checksums would not match.
+    init();
+    let frames = 24;
+    let reference = frame_checksums(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {BGRX_VGA} ! appsink name=out sync=false"
+    ));
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {BGRX_VGA} ! vmemexport name=v ! \
+         queue max-size-buffers=12 max-size-bytes=0 max-size-time=0 ! appsink name=out sync=false \
+         max-buffers=12 emit-signals=false"
+    ));
+    let sink = element(&pipeline, "out")
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // Let the queue fill up before anything is consumed.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut held = Vec::new();
+    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
+        held.push(sample);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let sums: Vec<u64> = held
+        .iter()
+        .map(|s| {
+            let (info, _) = gstvmem::formats::video_info_from_caps(s.caps().unwrap()).unwrap();
+            checksum(&normalized_frame(s.buffer().unwrap(), &info))
+        })
+        .collect();
+    assert_eq!(sums, reference);
+    let distinct: std::collections::HashSet<_> = sums.iter().collect();
+    assert!(
+        distinct.len() > frames as usize / 2,
+        "the pattern moves: frames differ"
+    );
+    assert!(
+        stat(&element(&pipeline, "v"), "exported") >= 12,
+        "the pool grew instead of reusing queued pages"
+    );
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn dmabuf_input_passes_through() {
+    init();
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers=5 ! {BGRX_VGA} ! vmemexport name=a ! vmemexport name=b ! fakesink"
+    ));
+    run(&pipeline);
+    let b = element(&pipeline, "b");
+    assert_eq!(stat(&b, "frames"), 5);
+    assert_eq!(stat(&b, "passthrough"), 5);
+    assert_eq!(stat(&b, "exported"), 0);
+    assert_eq!(stat(&b, "copies"), 0);
+}
