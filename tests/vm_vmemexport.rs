@@ -296,7 +296,7 @@ fn one_frame_to_display_and_encoder_without_copies() {
 #[ignore = "needs the VM testbed"]
 fn vivid_output_imports_our_dmabufs() {
     init();
-    let dev = v4l2_node("vivid", "vid-out");
+    let dev = v4l2_node("vivid", "vivid-000-vid-out");
     // vivid's default output is S-Video (PAL, interlaced); HDMI takes progressive frames.
     let status = std::process::Command::new("v4l2-ctl")
         .args(["-d", &dev, "--set-output=1"])

@@ -42,6 +42,16 @@ impl DmaHeapAllocator {
         Ok(self.imp().heap()?.name().to_string())
     }
 
+    /// Checks that the heap can supply `size` bytes right now, by allocating and freeing them:
+    /// the error says what is short (e.g. an exhausted CMA area) while a pipeline can still
+    /// report it clearly.
+    pub fn check_capacity(&self, size: usize) -> Result<(), kernel::Error> {
+        self.imp()
+            .heap()?
+            .allocate(kernel::page_align(size as u64) as usize)
+            .map(drop)
+    }
+
     /// Whether the chosen heap is physically contiguous (a CMA heap).
     pub fn is_contiguous(&self) -> Result<bool, kernel::Error> {
         Ok(self.imp().heap()?.is_contiguous())

@@ -7,6 +7,7 @@
 
 mod dmabuf;
 mod drm;
+mod fdpass;
 mod heap;
 mod memfd;
 mod mmap;
@@ -19,6 +20,7 @@ pub use self::dmabuf::{
     SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start,
 };
 pub use self::drm::{DrmNode, GemHandle};
+pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
 pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
 pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;

@@ -26,8 +26,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-/// Buffers the proposed pool keeps at least: one being written, one displayed, one queued.
-const MIN_POOL_BUFFERS: u32 = 3;
+/// Buffers the proposed pool preallocates: none. It allocates on demand and grows to what the
+/// pipeline holds (so `exported` ends up as the pool's size); and a pool that fails while
+/// preallocating keeps what it had allocated until the process exits (GStreamer's
+/// default_start does not free it), which an allocation on demand cannot do.
+const MIN_POOL_BUFFERS: u32 = 0;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -618,6 +621,22 @@ impl BaseTransformImpl for VmemExport {
         let Some(allocator) = Self::zero_copy_allocator(state) else {
             return Ok(());
         };
+        if let Some(heap) = state
+            .heap_allocator
+            .as_ref()
+            .filter(|_| state.backing == Backing::Heap)
+            && let Err(e) = heap.check_capacity(info.size())
+        {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::NoSpaceLeft,
+                (
+                    "Cannot allocate {}-byte frames from the dma-heap: {e}",
+                    info.size()
+                )
+            );
+            return Err(gst::loggable_error!(CAT, "heap cannot supply frames: {e}"));
+        }
         if need_pool {
             let pool = self
                 .make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS)

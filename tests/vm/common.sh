@@ -7,6 +7,9 @@ REPO_DIR=$(cd "$VM_DIR/../.." && pwd)
 VENV="$VMEM_CACHE/venv"
 VIRTME_NG_VERSION=1.42
 KERNEL_SOURCE_PKG=linux-source-6.12
+# Two vivid instances: 0 with vmalloc buffers (takes any dma-buf), 1 with dma-contig buffers
+# (like a device without an IOMMU: it can only import physically contiguous memory).
+KERNEL_CMDLINE="vivid.n_devs=2 vivid.allocators=0,1"
 
 log() { printf '[vm] %s\n' "$*" >&2; }
 die() { printf '[vm] error: %s\n' "$*" >&2; exit 1; }

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The dmaheap allocator against the real kernel's heaps (VM testbed, every userland).
+
+mod common;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use common::*;
+use gst::prelude::*;
+use gst_video::prelude::*;
+use gstvmem::heapalloc::DmaHeapAllocator;
+use gstvmem::kernel::{self, Mapping, SyncAccess};
+
+const CMA: &str = "reserved"; // the testbed's CMA heap, from cma=128M
+
+fn dmabuf_fd(mem: &gst::MemoryRef) -> BorrowedFd<'_> {
+    let fd = mem
+        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+        .expect("dma-buf memory")
+        .fd();
+    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// The dma-buf fds this process holds.
+fn dmabuf_fds() -> usize {
+    std::fs::read_dir("/proc/self/fdinfo")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.lines().any(|l| l.starts_with("exp_name:")))
+        .count()
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn system_and_cma_memory_is_shared_bytes() {
+    init();
+    for heap in ["system", CMA] {
+        let allocator = DmaHeapAllocator::new(heap).unwrap();
+        assert_eq!(allocator.heap_name().unwrap(), heap);
+        assert_eq!(allocator.is_contiguous().unwrap(), heap == CMA);
+        let mut mem = allocator.alloc(100_000, None).unwrap();
+        assert_eq!(mem.size(), 100_000);
+        assert_eq!(mem.maxsize() as u64, kernel::page_align(100_000));
+        {
+            let mut map = mem.get_mut().unwrap().map_writable().unwrap();
+            for (i, b) in map.iter_mut().enumerate() {
+                *b = (i % 251) as u8;
+            }
+        }
+        let fd = dmabuf_fd(&mem);
+        assert_eq!(
+            kernel::dmabuf_name(fd).unwrap(),
+            format!("heapalloc:{heap}")
+        );
+        // A second, independent mapping of the same dma-buf sees the same bytes.
+        let other = Mapping::new(fd, 0, mem.maxsize(), false).unwrap();
+        kernel::sync_start(fd, SyncAccess::Read).unwrap();
+        assert!(
+            other.as_slice()[..100_000]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i % 251) as u8),
+            "{heap}"
+        );
+        kernel::sync_end(fd, SyncAccess::Read).unwrap();
+        // And so does another process that receives the fd.
+        assert_eq!(
+            checksum_in_child(fd, 100_000),
+            checksum(&other.as_slice()[..100_000]),
+            "{heap}"
+        );
+    }
+}
+
+/// Sends `fd` to a child process (this test binary, re-run as `child_sums_a_dmabuf`) over a
+/// socket and returns the checksum of the first `len` bytes it read through its own mmap.
+fn checksum_in_child(fd: BorrowedFd<'_>, len: usize) -> u64 {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::empty(),
+        None,
+    )
+    .unwrap();
+    // The child's end must survive exec; ours must not.
+    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::CLOEXEC).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_sums_a_dmabuf",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VMEM_CHILD_SOCKET", theirs.as_raw_fd().to_string())
+        .env("VMEM_CHILD_LEN", len.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    kernel::send_with_fds(&ours, b"fd", &[fd], rustix::net::SendFlags::empty()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {text}");
+    let at = text
+        .find("CHILD-SUM ")
+        .unwrap_or_else(|| panic!("no sum from the child: {text}"));
+    text[at + 10..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn child_sums_a_dmabuf() {
+    // Only does something when started by `checksum_in_child`.
+    let Ok(socket) = std::env::var("VMEM_CHILD_SOCKET") else {
+        return;
+    };
+    let len: usize = std::env::var("VMEM_CHILD_LEN").unwrap().parse().unwrap();
+    // SAFETY: the parent passed this fd number for us to own.
+    let socket = unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(socket.parse().unwrap())
+    };
+    let mut buf = [0u8; 8];
+    let (_, fds) =
+        kernel::recv_with_fds(&socket, &mut buf, rustix::net::RecvFlags::empty()).unwrap();
+    let fd = fds[0].as_fd();
+    let size = kernel::dmabuf_size(fd).unwrap() as usize;
+    let map = Mapping::new(fd, 0, size, false).unwrap();
+    kernel::sync_start(fd, SyncAccess::Read).unwrap();
+    println!("CHILD-SUM {}", checksum(&map.as_slice()[..len]));
+    kernel::sync_end(fd, SyncAccess::Read).unwrap();
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn a_stock_video_buffer_pool_allocates_from_the_heap() {
+    init();
+    let allocator = DmaHeapAllocator::new("system").unwrap();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, 1280, 720)
+        .build()
+        .unwrap();
+    let pool = gst_video::VideoBufferPool::new();
+    let mut config = pool.config();
+    config.set_params(Some(&info.to_caps().unwrap()), info.size() as u32, 2, 4);
+    config.set_allocator(Some(&allocator), None);
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+    let align = gst_video::VideoAlignment::new(0, 0, 0, 0, &[63, 63, 0, 0]);
+    config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_ALIGNMENT);
+    config.set_video_alignment(&align);
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    let buffers: Vec<gst::Buffer> = (0..4).map(|_| pool.acquire_buffer(None).unwrap()).collect();
+    for b in &buffers {
+        assert_eq!(b.n_memory(), 1);
+        assert!(gstvmem::memory::is_all_dmabuf(b));
+        let meta = b.meta::<gst_video::VideoMeta>().expect("VideoMeta");
+        assert_eq!(
+            meta.stride()[0] % 64,
+            0,
+            "stride alignment honoured: {:?}",
+            meta.stride()
+        );
+        assert!(b.size() >= info.size());
+    }
+    drop(buffers);
+    pool.set_active(false).unwrap();
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn heap_buffers_reach_kmssink_without_copies() {
+    init();
+    for heap in ["system", CMA] {
+        let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);
+        let pipeline = launch(&format!(
+            "videotestsrc num-buffers=10 ! video/x-raw,format=BGRx,width=640,height=480 ! \
+             vmemexport name=v backing=heap heap={heap} ! kmssink driver-name=vkms sync=false"
+        ));
+        run(&pipeline);
+        let v = element(&pipeline, "v");
+        // videotestsrc wrote straight into heap dma-bufs: nothing to export or copy.
+        assert_eq!(stat(&v, "passthrough"), 10, "{heap}");
+        assert_eq!(stat(&v, "exported"), 0, "{heap}");
+        assert_eq!(stat(&v, "copies"), 0, "{heap}");
+        assert_eq!(log.count("GST_PERFORMANCE", "frame copy"), 0, "{heap}");
+        assert_eq!(
+            log.count("kmssink", "setting KMS mem") + log.count("kmssink", "found KMS mem"),
+            11,
+            "{heap}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn a_contiguous_importer_takes_cma_but_not_scattered_pages() {
+    // vivid instance 1 uses vb2-dma-contig (vivid.allocators=0,1 on the testbed's command
+    // line): like a device without an IOMMU it can only import physically contiguous memory.
+    init();
+    let dev = v4l2_node("vivid", "vivid-001-vid-out");
+    let status = std::process::Command::new("v4l2-ctl")
+        .args(["-d", &dev, "--set-output=1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let caps = "video/x-raw,format=YUY2,width=640,height=360";
+    let ok = launch(&format!(
+        "videotestsrc num-buffers=5 ! {caps} ! vmemexport name=v backing=heap heap={CMA} ! \
+         v4l2sink device={dev} io-mode=dmabuf-import sync=false"
+    ));
+    run(&ok);
+    assert_eq!(stat(&element(&ok, "v"), "passthrough"), 5);
+    let scattered = launch(&format!(
+        "videotestsrc num-buffers=5 ! {caps} ! vmemexport backing=heap heap=system ! \
+         v4l2sink device={dev} io-mode=dmabuf-import sync=false"
+    ));
+    let result = run_for(&scattered, secs(60));
+    assert!(
+        result.error.is_some(),
+        "scattered pages must not import into a dma-contig device"
+    );
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn exhausting_the_cma_heap_is_a_clear_error_and_recoverable() {
+    init();
+    let allocator = DmaHeapAllocator::new(CMA).unwrap();
+    let heap = kernel::Heap::open(CMA).unwrap();
+    let fds_before = dmabuf_fds();
+    let mut held = Vec::new();
+    let err = loop {
+        match heap.allocate(16 << 20) {
+            Ok(fd) => held.push(fd),
+            Err(e) => break e,
+        }
+        assert!(
+            held.len() < 64,
+            "a 128 MiB CMA area cannot hold 64 x 16 MiB"
+        );
+    };
+    assert!(matches!(err, kernel::Error::OutOfMemory { .. }), "{err:?}");
+    assert!(err.to_string().contains("CMA area is exhausted"), "{err}");
+    assert!(!held.is_empty(), "not even one allocation: {err}");
+    // Through the GStreamer allocator: an allocation failure, not a crash.
+    assert!(allocator.alloc(16 << 20, None).is_err());
+    held.clear();
+    assert_eq!(dmabuf_fds(), fds_before, "no dma-buf fd leaked");
+    // Freed memory is usable again.
+    let mem = allocator
+        .alloc(16 << 20, None)
+        .expect("allocation after freeing");
+    assert_eq!(mem.size(), 16 << 20);
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn a_pipeline_whose_frames_exceed_the_cma_area_fails_cleanly() {
+    init();
+    // 8192x4320 BGRx is 135 MiB per frame: more than the whole 128 MiB CMA area.
+    let before = dmabuf_fds();
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,format=BGRx,width=8192,height=4320 ! \
+         vmemexport backing=heap heap={CMA} ! fakesink"
+    ));
+    let result = run_for(&pipeline, secs(120));
+    let error = result.error.expect("allocation must fail");
+    assert!(
+        error.contains("Cannot allocate 141557760-byte frames"),
+        "{error}"
+    );
+    assert!(error.contains("CMA area is exhausted"), "{error}");
+    drop(pipeline);
+    assert_eq!(
+        dmabuf_fds(),
+        before,
+        "nothing of the failed attempt is left open"
+    );
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn python_finds_the_allocator_by_name() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/heapalloc.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .env(
+            "GST_PLUGIN_PATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release"),
+        )
+        .output()
+        .expect("python3 in the testbed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("dmaheap: allocated 1048576 bytes of dma-buf memory"),
+        "{text}"
+    );
+}
