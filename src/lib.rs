@@ -3,6 +3,7 @@
 
 use gst::glib;
 
+pub mod dmabufsink;
 pub mod formats;
 pub mod heapalloc;
 pub mod kernel;
@@ -12,6 +13,7 @@ pub mod vmemexport;
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     heapalloc::register();
     vmemexport::register(plugin)?;
+    dmabufsink::register(plugin)?;
     Ok(())
 }
 

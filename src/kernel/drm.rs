@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use drm::Device as _;
 use drm::buffer::{DrmFourcc, DrmModifier, PlanarBuffer};
@@ -90,12 +91,15 @@ impl DrmNode {
     }
 
     /// Imports a dma-buf (`DRM_IOCTL_PRIME_FD_TO_HANDLE`). The handle is closed on drop.
-    pub fn prime_import(&self, dmabuf: BorrowedFd<'_>) -> Result<GemHandle<'_>> {
+    pub fn prime_import(self: &Arc<Self>, dmabuf: BorrowedFd<'_>) -> Result<GemHandle> {
         let handle = self.prime_fd_to_buffer(dmabuf).map_err(|e| Error::Io {
             op: "DRM_IOCTL_PRIME_FD_TO_HANDLE",
             source: e,
         })?;
-        Ok(GemHandle { node: self, handle })
+        Ok(GemHandle {
+            node: self.clone(),
+            handle,
+        })
     }
 }
 
@@ -121,12 +125,12 @@ pub fn dri_nodes() -> Vec<PathBuf> {
 
 /// A GEM handle from a PRIME import, closed (`DRM_IOCTL_GEM_CLOSE`) on drop.
 #[derive(Debug)]
-pub struct GemHandle<'a> {
-    node: &'a DrmNode,
+pub struct GemHandle {
+    node: Arc<DrmNode>,
     handle: drm::buffer::Handle,
 }
 
-impl GemHandle<'_> {
+impl GemHandle {
     pub fn raw(&self) -> u32 {
         self.handle.into()
     }
@@ -172,7 +176,7 @@ impl GemHandle<'_> {
     }
 }
 
-impl Drop for GemHandle<'_> {
+impl Drop for GemHandle {
     fn drop(&mut self) {
         let _ = self.node.close_buffer(self.handle);
     }

@@ -1,0 +1,549 @@
+// SPDX-License-Identifier: MPL-2.0
+
+use std::collections::HashMap;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use super::DropPolicy;
+use super::protocol::{self, MAX_PLANES};
+use super::server::{Server, ServerSettings};
+use crate::formats;
+use crate::kernel::{self, DrmNode, GemHandle};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "dmabufsink",
+        gst::DebugColorFlags::empty(),
+        Some("dma-buf consumer and sharer"),
+    )
+});
+
+/// Imports kept at most; past it the cache starts over (a pool that keeps allocating).
+const MAX_IMPORTS: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    drm_device: Option<String>,
+    drm_addfb: bool,
+    allow_non_dmabuf: bool,
+    socket_path: Option<String>,
+    max_pending: u32,
+    drop_policy: DropPolicy,
+    allow_other_users: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            drm_device: None,
+            drm_addfb: false,
+            allow_non_dmabuf: false,
+            socket_path: None,
+            max_pending: 4,
+            drop_policy: DropPolicy::Skip,
+            allow_other_users: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    frames: u64,
+    imported: u64,
+    import_failures: u64,
+    addfb_failures: u64,
+    non_dmabuf: u64,
+}
+
+/// One imported dma-buf: a dup of its fd keeps it (and so its inode, our key) alive.
+struct Import {
+    _dmabuf: OwnedFd,
+    _handle: GemHandle,
+}
+
+struct State {
+    info: Option<gst_video::VideoInfo>,
+    fourcc: u32,
+    drm: Option<Arc<DrmNode>>,
+    imports: HashMap<u64, Import>,
+    server: Option<Server>,
+    warned: bool,
+}
+
+#[derive(Default)]
+pub struct DmabufSink {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+}
+
+fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<BorrowedFd<'_>> {
+    let fd = mem
+        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()?
+        .fd();
+    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
+    Some(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+impl DmabufSink {
+    fn stats_structure(&self) -> gst::Structure {
+        let s = *self.stats.lock().unwrap();
+        let state = self.state.lock().unwrap();
+        let server = state.as_ref().and_then(|s| s.server.as_ref());
+        let ss = server.map(|s| s.stats).unwrap_or_default();
+        gst::Structure::builder("dmabufsink-stats")
+            .field("frames", s.frames)
+            .field("imported", s.imported)
+            .field("import-failures", s.import_failures)
+            .field("addfb-failures", s.addfb_failures)
+            .field("non-dmabuf", s.non_dmabuf)
+            .field("clients", server.map_or(0, |s| s.client_count() as u64))
+            .field("clients-total", ss.clients)
+            .field("clients-refused", ss.clients_refused)
+            .field("frames-sent", ss.frames_sent)
+            .field("frames-dropped", ss.frames_dropped)
+            .field("frames-released", ss.frames_released)
+            .field("protocol-errors", ss.protocol_errors)
+            .build()
+    }
+
+    /// Imports each dma-buf of `buffer` not seen before into the DRM node.
+    fn import(
+        &self,
+        state: &mut State,
+        settings: &Settings,
+        buffer: &gst::BufferRef,
+        stats: &mut Stats,
+    ) {
+        let Some(node) = state.drm.clone() else {
+            return;
+        };
+        for mem in buffer.iter_memories() {
+            let Some(fd) = dmabuf_fd(mem) else { continue };
+            let Ok(st) = rustix::fs::fstat(fd) else {
+                continue;
+            };
+            if state.imports.contains_key(&st.st_ino) {
+                continue;
+            }
+            let handle = match node.prime_import(fd) {
+                Ok(h) => h,
+                Err(e) => {
+                    stats.import_failures += 1;
+                    self.warn_once(
+                        state,
+                        &format!("{} cannot import a dma-buf: {e}", node.path().display()),
+                    );
+                    continue;
+                }
+            };
+            stats.imported += 1;
+            if settings.drm_addfb
+                && let Some(info) = &state.info
+            {
+                let (offsets, strides) = layout(buffer, info);
+                let n = info.n_planes() as usize;
+                if let Err(e) = handle.check_addfb2(
+                    info.width(),
+                    info.height(),
+                    state.fourcc,
+                    None,
+                    &offsets[..n],
+                    &strides[..n],
+                ) {
+                    stats.addfb_failures += 1;
+                    self.warn_once(
+                        state,
+                        &format!("{} cannot scan this buffer out: {e}", node.path().display()),
+                    );
+                }
+            }
+            if state.imports.len() >= MAX_IMPORTS {
+                state.imports.clear();
+            }
+            let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
+                continue;
+            };
+            state.imports.insert(
+                st.st_ino,
+                Import {
+                    _dmabuf: dup,
+                    _handle: handle,
+                },
+            );
+        }
+    }
+
+    fn warn_once(&self, state: &mut State, what: &str) {
+        gst::warning!(CAT, imp = self, "{what}");
+        if !state.warned {
+            state.warned = true;
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Failed,
+                ("{what}"),
+                ["see the stats property for counts"]
+            );
+        }
+    }
+
+    /// Describes `buffer` for the socket: plane layout, fds, timestamps.
+    fn share(
+        &self,
+        server: &mut Server,
+        info: &gst_video::VideoInfo,
+        fourcc: u32,
+        buffer: &gst::Buffer,
+        frame_number: u64,
+    ) {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        let mut inodes: Vec<u64> = Vec::new();
+        let (offsets, _) = layout(buffer, info);
+        let mut frame = protocol::Frame {
+            frame_number,
+            pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),
+            duration: buffer.duration().map_or(u64::MAX, |t| t.nseconds()),
+            width: info.width(),
+            height: info.height(),
+            fourcc,
+            modifier: 0,
+            n_planes: info.n_planes(),
+            ..Default::default()
+        };
+        let (_, strides) = layout(buffer, info);
+        for plane in 0..(info.n_planes() as usize).min(MAX_PLANES) {
+            let Some((range, skip)) =
+                buffer.find_memory(offsets[plane] as usize..offsets[plane] as usize + 1)
+            else {
+                return;
+            };
+            let mem = buffer.peek_memory(range.start);
+            let Some(fd) = dmabuf_fd(mem) else { return };
+            let ino = rustix::fs::fstat(fd).map(|s| s.st_ino).unwrap_or(0);
+            let index = inodes.iter().position(|&i| i == ino).unwrap_or_else(|| {
+                inodes.push(ino);
+                fds.push(fd);
+                inodes.len() - 1
+            });
+            frame.plane_fd[plane] = index as u8;
+            frame.offsets[plane] = (mem.offset() + skip) as u32;
+            frame.strides[plane] = strides[plane];
+        }
+        let first = buffer.peek_memory(0);
+        frame.size = (first.offset() + first.size()) as u64;
+        frame.n_fds = fds.len() as u32;
+        server.send(&frame, &fds, buffer);
+    }
+
+    fn log_server_events(&self, server: &mut Server) {
+        for e in server.events.drain(..) {
+            gst::info!(CAT, imp = self, "{e}");
+        }
+    }
+}
+
+/// Plane offsets (from the buffer's start) and strides: the VideoMeta's, else the caps' default.
+fn layout(
+    buffer: &gst::BufferRef,
+    info: &gst_video::VideoInfo,
+) -> ([u32; MAX_PLANES], [u32; MAX_PLANES]) {
+    let mut offsets = [0u32; MAX_PLANES];
+    let mut strides = [0u32; MAX_PLANES];
+    let (o, s): (Vec<usize>, Vec<i32>) = match buffer.meta::<gst_video::VideoMeta>() {
+        Some(m) => (m.offset().to_vec(), m.stride().to_vec()),
+        None => (info.offset().to_vec(), info.stride().to_vec()),
+    };
+    for p in 0..(info.n_planes() as usize).min(MAX_PLANES) {
+        offsets[p] = o[p] as u32;
+        strides[p] = s[p] as u32;
+    }
+    (offsets, strides)
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for DmabufSink {
+    const NAME: &'static str = "GstDmabufSink";
+    type Type = super::DmabufSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+impl ObjectImpl for DmabufSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("drm-device")
+                    .nick("DRM device")
+                    .blurb(
+                        "PRIME-import every new dma-buf into this DRM node: a path (/dev/dri/card1) or \
+                         driver:NAME (driver:vkms); unset: no import",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("drm-addfb")
+                    .nick("DRM AddFB2 check")
+                    .blurb("Also check each imported dma-buf can be scanned out (DRM_IOCTL_MODE_ADDFB2 with the negotiated format)")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("allow-non-dmabuf")
+                    .nick("Allow non-dma-buf")
+                    .blurb("Count buffers that are not dma-buf memory (stats: non-dmabuf) instead of failing on them")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Socket path")
+                    .blurb(
+                        "Share frames over a Unix SOCK_SEQPACKET socket at this path (mode 0600), passing \
+                         their dma-buf fds; see docs/protocol.md. Unset: no sharing",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-pending")
+                    .nick("Max pending")
+                    .blurb("Frames a client may hold unreleased; past it the drop policy applies")
+                    .minimum(1)
+                    .maximum(64)
+                    .default_value(4)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("drop-policy", DropPolicy::Skip)
+                    .nick("Drop policy")
+                    .blurb("What happens to a client at max-pending: it misses frames (skip) or is disconnected")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("allow-other-users")
+                    .nick("Allow other users")
+                    .blurb("Serve clients of another uid (checked with SO_PEERCRED); off: only our own uid")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "frames, imported, import-failures, addfb-failures, non-dmabuf, clients, clients-total, \
+                         clients-refused, frames-sent, frames-dropped, frames-released, protocol-errors",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "drm-device" => s.drm_device = value.get().unwrap(),
+            "drm-addfb" => s.drm_addfb = value.get().unwrap(),
+            "allow-non-dmabuf" => s.allow_non_dmabuf = value.get().unwrap(),
+            "socket-path" => s.socket_path = value.get().unwrap(),
+            "max-pending" => s.max_pending = value.get().unwrap(),
+            "drop-policy" => s.drop_policy = value.get().unwrap(),
+            "allow-other-users" => s.allow_other_users = value.get().unwrap(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats_structure().to_value();
+        }
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "drm-device" => s.drm_device.to_value(),
+            "drm-addfb" => s.drm_addfb.to_value(),
+            "allow-non-dmabuf" => s.allow_non_dmabuf.to_value(),
+            "socket-path" => s.socket_path.to_value(),
+            "max-pending" => s.max_pending.to_value(),
+            "drop-policy" => s.drop_policy.to_value(),
+            "allow-other-users" => s.allow_other_users.to_value(),
+            _ => unimplemented!(),
+        }
+    }
+}
+
+impl GstObjectImpl for DmabufSink {}
+
+impl ElementImpl for DmabufSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "dma-buf sink",
+                "Sink/Video",
+                "Verifies dma-buf video, imports it into a DRM device and shares it with other processes \
+                 over a Unix socket",
+                "gst-vmem developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &formats::dmabuf_caps(),
+                )
+                .unwrap(),
+            ]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for DmabufSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let drm = match &settings.drm_device {
+            Some(spec) => Some(Arc::new(DrmNode::open_spec(spec).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("Cannot open DRM device {spec}: {e}")
+                )
+            })?)),
+            None => None,
+        };
+        let server = match &settings.socket_path {
+            Some(path) => Some(
+                Server::bind(
+                    Path::new(path),
+                    ServerSettings {
+                        max_pending: settings.max_pending,
+                        drop_policy: settings.drop_policy,
+                        allow_other_users: settings.allow_other_users,
+                    },
+                )
+                .map_err(|e| {
+                    gst::error_msg!(
+                        gst::ResourceError::OpenWrite,
+                        ("Cannot serve on {path}: {e}")
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        if let Some(node) = &drm {
+            gst::info!(
+                CAT,
+                imp = self,
+                "importing into {} ({})",
+                node.path().display(),
+                node.driver()
+            );
+        }
+        *self.state.lock().unwrap() = Some(State {
+            info: None,
+            fourcc: 0,
+            drm,
+            imports: HashMap::new(),
+            server,
+            warned: false,
+        });
+        *self.stats.lock().unwrap() = Stats::default();
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        // Clients, their unreleased frames, imports and the DRM node all go now.
+        if let Some(mut state) = self.state.lock().unwrap().take()
+            && let Some(server) = state.server.as_mut()
+        {
+            server.finish();
+            self.log_server_events(server);
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "stats at stop: {:?}",
+            *self.stats.lock().unwrap()
+        );
+        Ok(())
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let (info, _) = formats::video_info_from_caps(caps)
+            .ok_or_else(|| gst::loggable_error!(CAT, "cannot parse caps {caps}"))?;
+        let fourcc = formats::drm_fourcc(info.format()).unwrap_or(0);
+        let mut state = self.state.lock().unwrap();
+        let state = state
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+        state.info = Some(info);
+        state.fourcc = fourcc;
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let settings = self.settings.lock().unwrap().clone();
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let mut stats = *self.stats.lock().unwrap();
+        stats.frames += 1;
+        let frame_number = stats.frames;
+
+        if !crate::memory::is_all_dmabuf(buffer) {
+            if settings.allow_non_dmabuf {
+                stats.non_dmabuf += 1;
+                *self.stats.lock().unwrap() = stats;
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            let kind = buffer
+                .iter_memories()
+                .find(|m| dmabuf_fd(m).is_none())
+                .and_then(|m| m.allocator())
+                .map(|a| a.type_().name().to_string())
+                .unwrap_or_else(|| "no memory".into());
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::WrongType,
+                ("dmabufsink received memory that is not a dma-buf ({kind}): put vmemexport in front of it"),
+                ["or set allow-non-dmabuf=true to count such buffers instead"]
+            );
+            return Err(gst::FlowError::Error);
+        }
+        for mem in buffer.iter_memories() {
+            let fd = dmabuf_fd(mem).unwrap();
+            let end = (mem.offset() + mem.size()) as u64;
+            match kernel::dmabuf_size(fd) {
+                Ok(size) if size >= end => {}
+                Ok(size) => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("A memory claims bytes up to {end} of a dma-buf of {size} bytes")
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+                Err(e) => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("Not a usable dma-buf: {e}")
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+            }
+        }
+        self.import(state, &settings, buffer, &mut stats);
+        if let Some(info) = state.info.clone() {
+            let fourcc = state.fourcc;
+            if let Some(server) = state.server.as_mut() {
+                server.poll();
+                self.share(server, &info, fourcc, buffer, frame_number);
+                self.log_server_events(server);
+            }
+        }
+        *self.stats.lock().unwrap() = stats;
+        Ok(gst::FlowSuccess::Ok)
+    }
+}

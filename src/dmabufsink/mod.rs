@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `dmabufsink`: the consuming end of a dma-buf pipeline.
+//!
+//! It verifies that every buffer is dma-buf memory (the tool that tells whether a pipeline's
+//! buffers really are dma-bufs), optionally PRIME-imports each new dma-buf into a DRM node and
+//! checks that it could be scanned out (AddFB2), and shares the frames with other processes
+//! over a Unix socket, passing the dma-buf fds (see docs/protocol.md and [`Client`]).
+//!
+//! ```text
+//! gst-launch-1.0 videotestsrc ! vmemexport ! dmabufsink drm-device=driver:vkms drm-addfb=true
+//! gst-launch-1.0 videotestsrc ! vmemexport ! dmabufsink socket-path=/tmp/frames.sock
+//! cargo run --example dmabuf_client -- /tmp/frames.sock
+//! ```
+
+use gst::glib;
+use gst::prelude::*;
+
+mod client;
+mod imp;
+pub mod protocol;
+mod server;
+
+pub use client::{Client, ReceivedFrame};
+
+glib::wrapper! {
+    pub struct DmabufSink(ObjectSubclass<imp::DmabufSink>)
+        @extends gst_base::BaseSink, gst::Element, gst::Object;
+}
+
+/// What to do with a client that holds `max-pending` unreleased frames.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstDmabufSinkDropPolicy")]
+pub enum DropPolicy {
+    /// The client misses frames until it releases some (it sees gaps in frame numbers).
+    #[default]
+    #[enum_value(name = "Skip: the busy client misses frames", nick = "skip")]
+    Skip,
+    /// The client is disconnected.
+    #[enum_value(name = "Disconnect: the busy client is dropped", nick = "disconnect")]
+    Disconnect,
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(
+        Some(plugin),
+        "dmabufsink",
+        gst::Rank::NONE,
+        DmabufSink::static_type(),
+    )
+}
