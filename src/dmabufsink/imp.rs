@@ -12,7 +12,7 @@ use gst_base::subclass::prelude::*;
 
 use super::DropPolicy;
 use super::protocol::{self, MAX_PLANES};
-use super::server::{Server, ServerSettings};
+use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
 use crate::kernel::{self, DrmNode, GemHandle};
 
@@ -81,6 +81,8 @@ pub struct DmabufSink {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
+    /// The socket's counters as they were when the sink last stopped.
+    last_server_stats: Mutex<ServerStats>,
 }
 
 fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<BorrowedFd<'_>> {
@@ -96,7 +98,7 @@ impl DmabufSink {
         let s = *self.stats.lock().unwrap();
         let state = self.state.lock().unwrap();
         let server = state.as_ref().and_then(|s| s.server.as_ref());
-        let ss = server.map(|s| s.stats).unwrap_or_default();
+        let ss = server.map_or_else(|| *self.last_server_stats.lock().unwrap(), |s| s.stats());
         gst::Structure::builder("dmabufsink-stats")
             .field("frames", s.frames)
             .field("imported", s.imported)
@@ -196,7 +198,7 @@ impl DmabufSink {
     /// Describes `buffer` for the socket: plane layout, fds, timestamps.
     fn share(
         &self,
-        server: &mut Server,
+        server: &Server,
         info: &gst_video::VideoInfo,
         fourcc: u32,
         buffer: &gst::Buffer,
@@ -241,8 +243,8 @@ impl DmabufSink {
         server.send(&frame, &fds, buffer);
     }
 
-    fn log_server_events(&self, server: &mut Server) {
-        for e in server.events.drain(..) {
+    fn log_server_events(&self, server: &Server) {
+        for e in server.take_events() {
             gst::info!(CAT, imp = self, "{e}");
         }
     }
@@ -450,16 +452,18 @@ impl BaseSinkImpl for DmabufSink {
             warned: false,
         });
         *self.stats.lock().unwrap() = Stats::default();
+        *self.last_server_stats.lock().unwrap() = ServerStats::default();
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Clients, their unreleased frames, imports and the DRM node all go now.
-        if let Some(mut state) = self.state.lock().unwrap().take()
-            && let Some(server) = state.server.as_mut()
+        if let Some(state) = self.state.lock().unwrap().take()
+            && let Some(server) = state.server
         {
             server.finish();
-            self.log_server_events(server);
+            self.log_server_events(&server);
+            *self.last_server_stats.lock().unwrap() = server.stats();
         }
         gst::debug!(
             CAT,
@@ -537,8 +541,7 @@ impl BaseSinkImpl for DmabufSink {
         self.import(state, &settings, buffer, &mut stats);
         if let Some(info) = state.info.clone() {
             let fourcc = state.fourcc;
-            if let Some(server) = state.server.as_mut() {
-                server.poll();
+            if let Some(server) = state.server.as_ref() {
                 self.share(server, &info, fourcc, buffer, frame_number);
                 self.log_server_events(server);
             }

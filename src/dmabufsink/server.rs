@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MPL-2.0
 //! dmabufsink's socket side: accepts clients, sends them frames with their dma-buf fds and
-//! keeps each sent frame alive until the client releases it. Everything is non-blocking and
-//! runs on the streaming thread: a slow, dead or hostile client can cost itself frames, never
-//! the pipeline its throughput.
+//! keeps each sent frame alive until the client releases it. A small thread accepts clients
+//! and reads their releases as they come; frames are sent from the streaming thread. Every
+//! socket operation is non-blocking: a slow, dead or hostile client can cost itself frames,
+//! never the pipeline its throughput.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 
@@ -39,20 +42,112 @@ struct Client {
     pending: HashMap<u64, gst::Buffer>,
 }
 
+/// The socket server: its state, shared with the thread that services it.
 pub struct Server {
-    listener: OwnedFd,
+    inner: Arc<Mutex<Inner>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
-    settings: ServerSettings,
-    clients: Vec<Client>,
-    pub stats: ServerStats,
-    /// Messages for the element's log (the server has no element to log through).
-    pub events: Vec<String>,
 }
 
 impl Server {
+    /// Listens on `path` (see [`Inner::bind`]) and starts servicing clients.
+    pub fn bind(path: &Path, settings: ServerSettings) -> Result<Server, String> {
+        let inner = Arc::new(Mutex::new(Inner::bind(path, settings)?));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (inner, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("dmabufsink-socket".into())
+                .spawn(move || service(&inner, &stop))
+                .map_err(|e| format!("cannot start the socket thread: {e}"))?
+        };
+        Ok(Server {
+            inner,
+            stop,
+            thread: Some(thread),
+            path: path.into(),
+        })
+    }
+
+    pub fn send(&self, frame: &Frame, fds: &[BorrowedFd<'_>], buffer: &gst::Buffer) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.poll();
+        inner.send(frame, fds, buffer);
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        self.inner.lock().unwrap().stats
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.inner.lock().unwrap().clients.len()
+    }
+
+    /// What happened since the last call, for the element's log.
+    pub fn take_events(&self) -> Vec<String> {
+        std::mem::take(&mut self.inner.lock().unwrap().events)
+    }
+
+    /// Says goodbye to every client and lets them go with their unreleased frames.
+    pub fn finish(&self) {
+        self.inner.lock().unwrap().finish();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.finish();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The service thread: wakes on a new connection or a client message, or every 100 ms to
+/// see whether it should stop.
+fn service(inner: &Mutex<Inner>, stop: &AtomicBool) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    while !stop.load(Ordering::SeqCst) {
+        // Wait on dups of the fds, so the lock is not held while waiting.
+        let fds: Vec<OwnedFd> = {
+            let inner = inner.lock().unwrap();
+            std::iter::once(inner.listener.as_fd())
+                .chain(inner.clients.iter().map(|c| c.fd.as_fd()))
+                .filter_map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok())
+                .collect()
+        };
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        match rustix::event::poll(&mut polled, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => inner.lock().unwrap().poll(),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The server's state: listener, clients and what they hold.
+pub struct Inner {
+    listener: OwnedFd,
+    settings: ServerSettings,
+    clients: Vec<Client>,
+    stats: ServerStats,
+    events: Vec<String>,
+}
+
+impl Inner {
     /// Listens on `path` (`SOCK_SEQPACKET`, mode 0600). A stale socket file left by a dead
     /// process is replaced; a live one, or any other file, is an error.
-    pub fn bind(path: &Path, settings: ServerSettings) -> Result<Server, String> {
+    pub fn bind(path: &Path, settings: ServerSettings) -> Result<Inner, String> {
         let addr = SocketAddrUnix::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Ok(md) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
@@ -77,18 +172,13 @@ impl Server {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("chmod {}: {e}", path.display()))?;
         rustix::net::listen(&listener, 8).map_err(|e| format!("listen {}: {e}", path.display()))?;
-        Ok(Server {
+        Ok(Inner {
             listener,
-            path: path.into(),
             settings,
             clients: Vec::new(),
             stats: ServerStats::default(),
             events: Vec::new(),
         })
-    }
-
-    pub fn client_count(&self) -> usize {
-        self.clients.len()
     }
 
     /// Accepts waiting clients and reads what connected ones sent (releases, disconnects).
@@ -242,13 +332,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.finish();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 fn new_socket() -> rustix::io::Result<OwnedFd> {
     rustix::net::socket_with(
         AddressFamily::UNIX,
@@ -256,10 +339,4 @@ fn new_socket() -> rustix::io::Result<OwnedFd> {
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )
-}
-
-impl AsFd for Server {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.listener.as_fd()
-    }
 }
