@@ -77,6 +77,40 @@ pub fn cache_export(mem: &gst::MemoryRef, export: gst::Memory) {
     }
 }
 
+static FENCE_QUARK: LazyLock<glib::Quark> =
+    LazyLock::new(|| glib::Quark::from_str("GstVmemFenceGuard"));
+
+/// How long a released buffer may wait for devices to finish with its pages.
+const FENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Makes `buffer`'s release wait until devices are done with `dmabuf` (its fences signalled)
+/// before anything else the buffer holds, e.g. the upstream buffer whose pages these are, is
+/// let go and can be recycled: what GStreamer 1.28's VideoDmabufPool does with a sync file.
+/// GStreamer runs this notify before it frees the buffer's metas.
+pub fn guard_release(buffer: &mut gst::BufferRef, dmabuf: gst::Memory) {
+    unsafe extern "C" fn wait(data: *mut c_void) {
+        // SAFETY: `data` is the memory reference `guard_release` stored.
+        let mem: gst::Memory = unsafe { from_glib_full(data as *mut gst::ffi::GstMemory) };
+        if let Some(fd) = mem
+            .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+            .map(|m| m.fd())
+        {
+            // SAFETY: the fd belongs to `mem`, alive in this scope.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            kernel::wait_idle(fd, FENCE_TIMEOUT);
+        }
+    }
+    // SAFETY: the stored pointer carries its own reference, consumed by `wait`.
+    unsafe {
+        gst::ffi::gst_mini_object_set_qdata(
+            buffer.as_mut_ptr().cast(),
+            FENCE_QUARK.into_glib(),
+            dmabuf.into_glib_ptr().cast(),
+            Some(wait),
+        );
+    }
+}
+
 /// Whether every memory of `buffer` is dma-buf memory.
 pub fn is_all_dmabuf(buffer: &gst::BufferRef) -> bool {
     buffer.n_memory() > 0

@@ -120,3 +120,22 @@ pub fn dmabuf_name(fd: BorrowedFd<'_>) -> Option<String> {
             .unwrap_or_default(),
     )
 }
+
+/// Waits until every device access to the dma-buf has finished (all fences of its reservation
+/// object signalled: `poll(POLLOUT)` on a dma-buf), at most `timeout`. Returns whether it is
+/// idle. Recycling pages before this could overwrite what a device is still reading.
+pub fn wait_idle(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    loop {
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return true, // not pollable: nothing to wait for
+        }
+    }
+}

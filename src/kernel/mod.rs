@@ -17,7 +17,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start,
+    SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start, wait_idle,
 };
 pub use self::drm::{DrmNode, GemHandle};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};

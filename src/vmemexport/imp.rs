@@ -288,6 +288,7 @@ impl VmemExport {
                 )
                 .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
             gst::ParentBufferMeta::add(outm, source);
+            crate::memory::guard_release(outm, crate::memory::memory_ref(outm.peek_memory(0)));
         }
         Ok(out)
     }
