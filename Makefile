@@ -5,7 +5,7 @@ USERLANDS ?= 1.22 1.26 1.28
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint host-test vm-tests vm-test test clean
+.PHONY: all build setup lint host-test meson-check vm-tests vm-test test clean
 
 all: build
 
@@ -22,18 +22,31 @@ lint:
 host-test:
 	$(CARGO) test
 
+# The documented meson build installs a loadable plugin (into a scratch prefix here).
+meson-check:
+	rm -rf target/meson-prefix
+	[ -d target/meson ] || meson setup target/meson --prefix=$(CURDIR)/target/meson-prefix >/dev/null
+	meson compile -C target/meson >/dev/null
+	meson install -C target/meson >/dev/null
+	GST_PLUGIN_PATH=$$(dirname $$(find $(CURDIR)/target/meson-prefix -name libgstvmem.so)) \
+	  gst-inspect-1.0 vmem | grep -q 'vmemexport'
+	@echo "meson-check: libgstvmem.so installed and loadable"
+
 # Test binaries for the guest: built on the host, listed for tests/vm/suite.
 vm-tests: build
-	$(CARGO) test --no-run --message-format=json \
-	  | python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["profile"]["test"]]' \
-	  > target/vm-tests.list
+	$(CARGO) test --no-run --message-format=json > target/vm-tests.json
+	python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, open(sys.argv[1])) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["profile"]["test"]]' \
+	  target/vm-tests.json > target/vm-tests.list
+	mkdir -p target/examples-c
+	cc -O2 -Wall -Werror examples/c/vmem_pipeline.c -o target/examples-c/vmem_pipeline \
+	  $$(pkg-config --cflags --libs gstreamer-1.0 gstreamer-allocators-1.0)
 
 vm-test: vm-tests
 	tests/vm/check-all $(USERLANDS)
 
 test:
 	tests/vm/setup host
-	$(MAKE) lint host-test vm-tests
+	$(MAKE) lint host-test meson-check vm-tests
 	tests/vm/setup all
 	tests/vm/check-all $(USERLANDS)
 

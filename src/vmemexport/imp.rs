@@ -655,6 +655,19 @@ impl BaseTransformImpl for VmemExport {
         Ok(())
     }
 
+    fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
+        // BaseTransform answers ALLOCATION only once it has negotiated both sides; an
+        // application that wants the pool before its first frame (to draw that frame into it)
+        // asks earlier, with the caps in the query, which is all the proposal needs.
+        if direction == gst::PadDirection::Sink
+            && !self.obj().is_passthrough()
+            && let gst::QueryViewMut::Allocation(q) = query.view_mut()
+        {
+            return self.propose_allocation(None, q).is_ok();
+        }
+        BaseTransformImplExt::parent_query(self, direction, query)
+    }
+
     fn decide_allocation(
         &self,
         query: &mut gst::query::Allocation,
