@@ -2,10 +2,12 @@
 # what is missing, builds, runs the host tests and the VM suite on GStreamer 1.22, 1.26 and 1.28.
 
 USERLANDS ?= 1.22 1.26 1.28
+# The userland of make demo / make bench: 1.22, 1.26 or 1.28.
+USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint host-test meson-check vm-tests vm-test test clean
+.PHONY: all build setup lint host-test meson-check vm-tests vm-test test bench demo clean
 
 all: build
 
@@ -49,6 +51,22 @@ test:
 	$(MAKE) lint host-test meson-check vm-tests
 	tests/vm/setup all
 	tests/vm/check-all $(USERLANDS)
+
+# The main job in one command: the report and results/display.png.
+demo:
+	tests/vm/setup host
+	tests/vm/setup kernel >/dev/null
+	tests/vm/setup userland $(USERLAND)
+	$(CARGO) build --release --examples
+	tests/vm/run --userland $(USERLAND) -- tests/vm/demo
+
+# Benchmarks (figures, never a failure on a number): results/gst-<version>/bench.{json,csv,md}.
+bench:
+	tests/vm/setup host
+	tests/vm/setup kernel >/dev/null
+	tests/vm/setup userland $(USERLAND)
+	$(CARGO) build --release --examples
+	tests/vm/run --userland $(USERLAND) -- tests/vm/bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -218,3 +218,65 @@ impl PlanarBuffer for Planes<'_> {
         o
     }
 }
+
+/// What a CRTC is scanning out, read back from its framebuffer.
+#[derive(Debug, Clone)]
+pub struct Scanout {
+    pub width: u32,
+    pub height: u32,
+    /// DRM fourcc of the framebuffer.
+    pub fourcc: u32,
+    pub pitch: u32,
+    /// `pitch * height` bytes of plane 0.
+    pub pixels: Vec<u8>,
+}
+
+impl DrmNode {
+    /// Reads back the framebuffer the first active CRTC shows (GETFB2, then PRIME export of its
+    /// buffer and an mmap): what the display actually scans out. Needs CAP_SYS_ADMIN or DRM
+    /// master for GETFB2 to return buffer handles.
+    pub fn read_scanout(&self) -> Result<Scanout> {
+        let io = |op: &'static str| move |e: std::io::Error| Error::Io { op, source: e };
+        let resources = self
+            .resource_handles()
+            .map_err(io("DRM_IOCTL_MODE_GETRESOURCES"))?;
+        let fb = resources
+            .crtcs()
+            .iter()
+            .find_map(|&crtc| self.get_crtc(crtc).ok()?.framebuffer())
+            .ok_or_else(|| Error::Io {
+                op: "DRM_IOCTL_MODE_GETCRTC",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no CRTC is scanning out",
+                ),
+            })?;
+        let info = self.get_planar_framebuffer(fb).map_err(|e| Error::Io {
+            op: "DRM_IOCTL_MODE_GETFB2",
+            source: std::io::Error::other(format!("{e:?}")),
+        })?;
+        let handle = info.buffers()[0].ok_or_else(|| Error::PermissionDenied {
+            path: self.path.clone(),
+            hint: "GETFB2 returned no buffer handle: reading a scanout needs CAP_SYS_ADMIN".into(),
+        })?;
+        let (width, height) = info.size();
+        let pitch = info.pitches()[0];
+        let offset = info.offsets()[0] as usize;
+        let dmabuf = self
+            .buffer_to_prime_fd(handle, rustix::fs::OFlags::CLOEXEC.bits())
+            .map_err(io("DRM_IOCTL_PRIME_HANDLE_TO_FD"))?;
+        let _ = self.close_buffer(handle);
+        let len = offset + (pitch * height) as usize;
+        let map = super::Mapping::new(&dmabuf, 0, len, false)?;
+        super::sync_start(dmabuf.as_fd(), super::SyncAccess::Read)?;
+        let pixels = map.as_slice()[offset..len].to_vec();
+        super::sync_end(dmabuf.as_fd(), super::SyncAccess::Read)?;
+        Ok(Scanout {
+            width,
+            height,
+            fourcc: info.pixel_format() as u32,
+            pitch,
+            pixels,
+        })
+    }
+}

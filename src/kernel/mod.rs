@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use self::dmabuf::{
     SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start, wait_idle,
 };
-pub use self::drm::{DrmNode, GemHandle};
+pub use self::drm::{DrmNode, GemHandle, Scanout};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
 pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
 pub use self::memfd::Memfd;
