@@ -95,9 +95,9 @@ fn stat(mut v: Vec<f64>) -> Stat {
 }
 
 /// Per-frame microseconds spent inside vmemexport (sink pad to src pad), after warm-up.
-fn element_cost(caps: &str, frames: u32, zero_copy: bool) -> (f64, u64) {
+fn element_cost(caps: &str, frames: u32, zero_copy: bool, sync: bool) -> (f64, u64) {
     let pipeline = launch(&format!(
-        "videotestsrc num-buffers={frames} pattern=black ! {caps} ! vmemexport name=v propose-pool={zero_copy} ! fakesink"
+        "videotestsrc num-buffers={frames} pattern=black ! {caps} ! vmemexport name=v propose-pool={zero_copy} sync={sync} ! fakesink"
     ));
     let v = pipeline.by_name("v").unwrap();
     let start = Arc::new(Mutex::new(None::<Instant>));
@@ -206,6 +206,40 @@ fn syscalls_per_frame(desc: &str, frames: u32) -> Option<f64> {
     Some((count(2 * frames)? - count(frames)?) / f64::from(frames))
 }
 
+/// A bar chart of the per-frame element cost (log scale, 1 us .. 100 ms): for each format
+/// and size, the zero-copy path (green) next to the copy fallback (red). No text: the README
+/// names the groups (NV12 then BGRx, 640x480 .. 3840x2160 left to right).
+fn plot_element_costs(points: &[(&str, u32, f64, f64)], path: &std::path::Path) {
+    let (width, height) = (64 + 90 * points.len() as u32, 360u32);
+    let mut img = vec![255u8; (width * height * 3) as usize];
+    let mut fill = |x0: u32, y0: u32, x1: u32, y1: u32, rgb: [u8; 3]| {
+        for y in y0.min(height - 1)..y1.min(height) {
+            for x in x0.min(width - 1)..x1.min(width) {
+                let i = ((y * width + x) * 3) as usize;
+                img[i..i + 3].copy_from_slice(&rgb);
+            }
+        }
+    };
+    let base = height - 30;
+    // Decade grid lines: 1 us, 10 us, ... 100 ms.
+    let y_of = |us: f64| base - ((us.max(1.0).log10() / 5.0) * f64::from(base - 20)) as u32;
+    for decade in 0..=5 {
+        let y = y_of(10f64.powi(decade));
+        fill(40, y, width - 10, y + 1, [200, 200, 200]);
+    }
+    fill(40, base, width - 10, base + 2, [0, 0, 0]);
+    for (i, &(format, _, zero_copy, copy)) in points.iter().enumerate() {
+        let x = 60 + 90 * i as u32 + if format == "BGRx" { 20 } else { 0 };
+        fill(x, y_of(zero_copy), x + 30, base, [40, 160, 60]);
+        fill(x + 34, y_of(copy), x + 64, base, [200, 50, 40]);
+    }
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(&img).unwrap();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = std::path::PathBuf::from(args.first().expect("usage: bench RESULTS_DIR [--quick]"));
@@ -239,36 +273,39 @@ fn main() {
         &[(640, 480), (1280, 720), (1920, 1080), (3840, 2160)]
     };
     md.push_str("### vmemexport alone: time per frame inside the element\n\n");
-    md.push_str("| format | size | zero-copy (us) | copy fallback (us) | copy / zero-copy |\n|---|---|---|---|---|\n");
+    md.push_str("| format | size | zero-copy (us) | zero-copy, sync=false (us) | copy fallback (us) | copy / zero-copy |\n|---|---|---|---|---|---|\n");
     json.push_str("  \"element\": [\n");
     let mut first = true;
     let mut vga_cost = std::collections::HashMap::new();
+    let mut plot = Vec::new();
     for format in ["NV12", "BGRx"] {
         for &(w, h) in sizes {
             let caps = format!("video/x-raw,format={format},width={w},height={h},framerate=30/1");
             let frames = if w >= 3840 { 20 } else { 40 };
-            let mut zc = Vec::new();
-            let mut cp = Vec::new();
+            let (mut zc, mut zn, mut cp) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..REPS {
-                let (t, copies) = element_cost(&caps, frames, true);
+                let (t, copies) = element_cost(&caps, frames, true, true);
                 assert_eq!(copies, 0, "zero-copy path copied");
                 zc.push(t);
-                let (t, copies) = element_cost(&caps, frames, false);
+                zn.push(element_cost(&caps, frames, true, false).0);
+                let (t, copies) = element_cost(&caps, frames, false, true);
                 assert!(copies > 0, "copy path did not copy");
                 cp.push(t);
             }
-            let (zc, cp) = (stat(zc), stat(cp));
+            let (zc, zn, cp) = (stat(zc), stat(zn), stat(cp));
             if w == 640 {
-                vga_cost.insert(format, zc.median);
+                vga_cost.insert(format, (zc.median, zn.median));
             }
+            plot.push((format, w, zc.median, cp.median));
             let _ = writeln!(
                 md,
-                "| {format} | {w}x{h} | {:.0} | {:.0} | {:.1}x |",
+                "| {format} | {w}x{h} | {:.0} | {:.0} | {:.0} | {:.1}x |",
                 zc.median,
+                zn.median,
                 cp.median,
                 cp.median / zc.median
             );
-            for (variant, s) in [("zero-copy", zc), ("copy", cp)] {
+            for (variant, s) in [("zero-copy", zc), ("zero-copy-nosync", zn), ("copy", cp)] {
                 let _ = writeln!(
                     csv,
                     "element,{format} {w}x{h},{variant},us_per_frame,{:.1},{:.1},{:.1}",
@@ -287,15 +324,17 @@ fn main() {
             if w == sizes[sizes.len() - 1].0 {
                 let _ = writeln!(
                     md,
-                    "| {format} | {}x{} / 640x480 | | | zero-copy cost ratio {:.2} |",
+                    "| {format} | {}x{} / 640x480 | ratio {:.2} | ratio {:.2} | | |",
                     w,
                     h,
-                    zc.median / vga_cost[format]
+                    zc.median / vga_cost[format].0,
+                    zn.median / vga_cost[format].1
                 );
             }
         }
     }
     json.push_str("\n  ],\n");
+    plot_element_costs(&plot, &dir.join("bench.png"));
 
     // 2. End to end at 1280x720.
     let n = if quick { 15 } else { 30 };
