@@ -210,7 +210,7 @@ fn syscalls_per_frame(desc: &str, frames: u32) -> Option<f64> {
 /// and size, the zero-copy path (green) next to the copy fallback (red). No text: the README
 /// names the groups (NV12 then BGRx, 640x480 .. 3840x2160 left to right).
 fn plot_element_costs(points: &[(&str, u32, f64, f64)], path: &std::path::Path) {
-    let (width, height) = (64 + 90 * points.len() as u32, 360u32);
+    let (width, height) = (104 + 90 * points.len() as u32, 360u32);
     let mut img = vec![255u8; (width * height * 3) as usize];
     let mut fill = |x0: u32, y0: u32, x1: u32, y1: u32, rgb: [u8; 3]| {
         for y in y0.min(height - 1)..y1.min(height) {

@@ -149,44 +149,39 @@ pub fn caps_kind(s: &gst::StructureRef, features: Option<&gst::CapsFeaturesRef>)
     }
 }
 
-/// The formats a structure allows (all of ours when it says nothing), as GStreamer names.
-fn allowed_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
-    let names: Vec<String> = match s.value("format") {
-        Ok(v) => {
-            if let Ok(f) = v.get::<String>() {
-                vec![f]
-            } else if let Ok(list) = v.get::<gst::List>() {
-                list.iter().filter_map(|v| v.get::<String>().ok()).collect()
-            } else {
-                Vec::new()
-            }
-        }
-        Err(_) => return formats().collect(),
-    };
-    names
-        .iter()
-        .map(|n| VideoFormat::from_string(n))
-        .filter(|f| drm_fourcc_str(*f).is_some())
-        .collect()
+/// The string values of `field`, a string or a list of them; `None` when it is absent.
+fn string_values(s: &gst::StructureRef, field: &str) -> Option<Vec<String>> {
+    let v = s.value(field).ok()?;
+    Some(if let Ok(f) = v.get::<String>() {
+        vec![f]
+    } else if let Ok(list) = v.get::<gst::List>() {
+        list.iter().filter_map(|v| v.get::<String>().ok()).collect()
+    } else {
+        Vec::new()
+    })
 }
 
+/// The formats of ours a structure allows (all of them when it says nothing).
+fn allowed_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
+    match string_values(s, "format") {
+        None => formats().collect(),
+        Some(names) => names
+            .iter()
+            .map(|n| VideoFormat::from_string(n))
+            .filter(|f| drm_fourcc_str(*f).is_some())
+            .collect(),
+    }
+}
+
+/// The formats of ours a DMA_DRM structure's `drm-format` allows (all when it says nothing).
 fn allowed_drm_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
-    let names: Vec<String> = match s.value("drm-format") {
-        Ok(v) => {
-            if let Ok(f) = v.get::<String>() {
-                vec![f]
-            } else if let Ok(list) = v.get::<gst::List>() {
-                list.iter().filter_map(|v| v.get::<String>().ok()).collect()
-            } else {
-                Vec::new()
-            }
-        }
-        Err(_) => return formats().collect(),
-    };
-    names
-        .iter()
-        .filter_map(|n| format_from_drm_str(n))
-        .collect()
+    match string_values(s, "drm-format") {
+        None => formats().collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| format_from_drm_str(n))
+            .collect(),
+    }
 }
 
 fn set_format_field(s: &mut gst::Structure, field: &str, values: Vec<&'static str>) -> bool {

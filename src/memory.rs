@@ -22,22 +22,43 @@ pub fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize
     usize::try_from(kernel::page_align(total as u64)).ok()
 }
 
-/// Wraps `fd` (ownership passes to the memory) as a memory of `allocator`, whose data starts at
-/// `params.prefix()` and is `size` bytes long; `maxsize` stays the fd's whole size.
-pub fn wrap_fd(
+/// The body of an fd-backed allocator's `alloc`: `make_fd(maxsize)` creates the backing fd
+/// of `maxsize` bytes (whole pages, room for `params`' prefix and padding), which becomes a
+/// memory of `allocator` whose data starts at the prefix and is `size` bytes long. Failures
+/// are logged on `cat` and give NULL, as GstAllocator's `alloc` reports them.
+pub fn alloc_fd_memory(
     allocator: &impl IsA<gst_allocators::FdAllocator>,
-    fd: OwnedFd,
-    maxsize: usize,
+    cat: gst::DebugCategory,
     size: usize,
     params: &gst::AllocationParams,
     flags: gst_allocators::FdMemoryFlags,
-) -> Result<gst::Memory, glib::BoolError> {
-    // SAFETY: the fd is valid and owned; the memory takes it over and closes it when freed.
-    let mut mem = unsafe { allocator.alloc_fd(fd.into_raw_fd(), maxsize, flags)? };
-    mem.get_mut()
-        .expect("a fresh memory is writable")
-        .resize(params.prefix()..params.prefix() + size);
-    Ok(mem)
+    make_fd: impl FnOnce(usize) -> Result<OwnedFd, kernel::Error>,
+) -> *mut gst::ffi::GstMemory {
+    let result = backing_size(size, params)
+        .ok_or_else(|| "size overflows".to_string())
+        .and_then(|maxsize| {
+            make_fd(maxsize)
+                .map(|fd| (fd, maxsize))
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|(fd, maxsize)| {
+            // SAFETY: the fd is valid and owned; the memory takes it over and closes it when
+            // freed.
+            unsafe { allocator.alloc_fd(fd.into_raw_fd(), maxsize, flags) }
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(mut mem) => {
+            mem.get_mut()
+                .expect("a fresh memory is writable")
+                .resize(params.prefix()..params.prefix() + size);
+            mem.into_glib_ptr()
+        }
+        Err(err) => {
+            gst::error!(cat, obj = allocator, "cannot allocate {size} bytes: {err}");
+            std::ptr::null_mut()
+        }
+    }
 }
 
 /// The one quark under which vmemexport caches a memory's dma-buf export.

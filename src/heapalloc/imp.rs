@@ -3,10 +3,10 @@
 use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
-use gst::glib::translate::IntoGlibPtr;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_allocators::subclass::prelude::*;
+use std::os::fd::AsFd;
 
 use crate::kernel::{self, Heap, HeapSelection};
 use crate::memory;
@@ -140,43 +140,16 @@ unsafe impl AllocatorImpl for DmaHeapAllocator {
         size: usize,
         params: &gst::AllocationParams,
     ) -> *mut gst::ffi::GstMemory {
-        match self.alloc_memory(size, params) {
-            Ok(mem) => mem.into_glib_ptr(),
-            Err(err) => {
-                gst::error!(CAT, imp = self, "cannot allocate {size} bytes: {err}");
-                std::ptr::null_mut()
-            }
-        }
+        let flags = gst_allocators::FdMemoryFlags::NONE;
+        memory::alloc_fd_memory(&*self.obj(), *CAT, size, params, flags, |maxsize| {
+            let heap = self.heap()?;
+            let fd = heap.allocate(maxsize)?;
+            // Naming is a debugging aid: a kernel without it must not fail the allocation.
+            let _ = kernel::set_dmabuf_name(fd.as_fd(), &format!("heapalloc:{}", heap.name()));
+            Ok(fd)
+        })
     }
 }
 
 impl FdAllocatorImpl for DmaHeapAllocator {}
 impl DmaBufAllocatorImpl for DmaHeapAllocator {}
-
-impl DmaHeapAllocator {
-    fn alloc_memory(
-        &self,
-        size: usize,
-        params: &gst::AllocationParams,
-    ) -> Result<gst::Memory, glib::BoolError> {
-        let heap = self.heap().map_err(|e| glib::bool_error!("{e}"))?;
-        let maxsize = memory::backing_size(size, params)
-            .ok_or_else(|| glib::bool_error!("size overflows"))?;
-        let fd = heap
-            .allocate(maxsize)
-            .map_err(|e| glib::bool_error!("{e}"))?;
-        // Naming is a debugging aid: a kernel without it must not fail the allocation.
-        let _ = kernel::set_dmabuf_name(
-            std::os::fd::AsFd::as_fd(&fd),
-            &format!("heapalloc:{}", heap.name()),
-        );
-        memory::wrap_fd(
-            &*self.obj(),
-            fd,
-            maxsize,
-            size,
-            params,
-            gst_allocators::FdMemoryFlags::NONE,
-        )
-    }
-}

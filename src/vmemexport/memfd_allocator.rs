@@ -30,7 +30,6 @@ mod imp {
     use std::sync::LazyLock;
 
     use gst::glib;
-    use gst::glib::translate::*;
     use gst::subclass::prelude::*;
     use gst_allocators::subclass::prelude::*;
     use rustix::fs::SealFlags;
@@ -67,39 +66,13 @@ mod imp {
             size: usize,
             params: &gst::AllocationParams,
         ) -> *mut gst::ffi::GstMemory {
-            match self.alloc_memory(size, params) {
-                Ok(mem) => mem.into_glib_ptr(),
-                Err(err) => {
-                    gst::error!(CAT, imp = self, "cannot allocate {size} bytes: {err}");
-                    std::ptr::null_mut()
-                }
-            }
-        }
-    }
-
-    impl MemfdAllocator {
-        fn alloc_memory(
-            &self,
-            size: usize,
-            params: &gst::AllocationParams,
-        ) -> Result<gst::Memory, glib::BoolError> {
-            let maxsize = memory::backing_size(size, params)
-                .ok_or_else(|| glib::bool_error!("size overflows"))?;
-            let memfd =
-                Memfd::new("vmemexport", maxsize as u64).map_err(|e| glib::bool_error!("{e}"))?;
-            // Neither shrinking (udmabuf's rule) nor growing: the export covers the whole file.
-            memfd
-                .add_seals(SealFlags::GROW)
-                .map_err(|e| glib::bool_error!("{e}"))?;
-            gst::trace!(CAT, imp = self, "memfd of {maxsize} bytes for {size}");
-            memory::wrap_fd(
-                &*self.obj(),
-                memfd.into_fd(),
-                maxsize,
-                size,
-                params,
-                gst_allocators::FdMemoryFlags::KEEP_MAPPED,
-            )
+            let flags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
+            memory::alloc_fd_memory(&*self.obj(), *CAT, size, params, flags, |maxsize| {
+                let memfd = Memfd::new("vmemexport", maxsize as u64)?;
+                // Neither shrinking (udmabuf's rule) nor growing: the export covers the whole file.
+                memfd.add_seals(SealFlags::GROW)?;
+                Ok(memfd.into_fd())
+            })
         }
     }
 }
