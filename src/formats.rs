@@ -404,4 +404,35 @@ mod tests {
             assert_eq!(info.width(), 64);
         }
     }
+
+    /// For every format, size and caps kind: system caps map to dma-buf caps that map back to
+    /// caps containing the original, and the video described is the same.
+    #[test]
+    fn caps_mappings_round_trip_for_every_format_and_size() {
+        init();
+        for format in formats() {
+            for (w, h) in [(1, 1), (2, 2), (321, 241), (1920, 1080), (8192, 4320)] {
+                let sys = gst_video::VideoInfo::builder(format, w, h)
+                    .build()
+                    .unwrap()
+                    .to_caps()
+                    .unwrap();
+                let dma = sysmem_to_dmabuf(&sys);
+                assert!(!dma.is_empty(), "{format:?}");
+                for (s, f) in dma.iter_with_features() {
+                    let one = gst::Caps::builder_full_with_features(f.to_owned())
+                        .structure(s.to_owned())
+                        .build();
+                    let (info, _) = video_info_from_caps(&one).unwrap_or_else(|| panic!("{one}"));
+                    assert_eq!(
+                        (info.format(), info.width(), info.height()),
+                        (format, w, h),
+                        "{one}"
+                    );
+                    let back = dmabuf_to_sysmem(&one);
+                    assert!(back.can_intersect(&sys), "{one} -> {back} lost {sys}");
+                }
+            }
+        }
+    }
 }

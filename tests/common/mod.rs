@@ -229,13 +229,17 @@ pub fn collect(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<(gst::Caps
     frames
 }
 
-/// The checksums of the frames `desc` (ending in `appsink name=out`) produces.
-pub fn frame_checksums(desc: &str) -> Vec<u64> {
+/// Plays `desc` (ending in `appsink name=out`) to EOS; what the appsink received.
+pub fn run_collecting(desc: &str) -> Vec<(gst::Caps, gst::Buffer)> {
     let pipeline = launch(desc);
     let frames = collect(&pipeline, "out");
     run(&pipeline);
-    let frames = frames.lock().unwrap();
-    frames
+    std::mem::take(&mut *frames.lock().unwrap())
+}
+
+/// The checksum of the pixels of every frame `desc` (ending in `appsink name=out`) produces.
+pub fn frame_checksums(desc: &str) -> Vec<u64> {
+    run_collecting(desc)
         .iter()
         .map(|(caps, buf)| {
             let (info, _) = gstvmem::formats::video_info_from_caps(caps).expect("video caps");
@@ -244,19 +248,15 @@ pub fn frame_checksums(desc: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The bytes of every buffer an appsink named `out` receives (for bitstreams).
+/// The bytes of every buffer `desc` (ending in `appsink name=out`) produces (bitstreams).
 pub fn output_bytes(desc: &str) -> Vec<Vec<u8>> {
-    let pipeline = launch(desc);
-    let frames = collect(&pipeline, "out");
-    run(&pipeline);
-    let frames = frames.lock().unwrap();
-    frames
+    run_collecting(desc)
         .iter()
         .map(|(_, b)| b.map_readable().unwrap().to_vec())
         .collect()
 }
 
-/// The V4L2 video node of `driver` whose name ends with `suffix` (e.g. vivid's "vid-out").
+/// The V4L2 video node of `driver` whose name contains `name_contains` (e.g. "vivid-000-vid-out").
 pub fn v4l2_node(driver: &str, name_contains: &str) -> String {
     for entry in std::fs::read_dir("/sys/class/video4linux").expect("no V4L2 devices") {
         let path = entry.unwrap().path();
