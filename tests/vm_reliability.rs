@@ -134,3 +134,133 @@ fn a_resolution_change_mid_stream_renegotiates() {
         "the new size is proposed a new pool"
     );
 }
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn a_user_without_device_access_gets_the_device_and_the_fix() {
+    use std::os::unix::process::CommandExt;
+    // As nobody: /dev/udmabuf and the heaps are root's (mode 0600 in the testbed).
+    let out = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "videotestsrc",
+            "num-buffers=1",
+            "!",
+            "vmemexport",
+            "!",
+            "fakesink",
+        ])
+        .env(
+            "GST_PLUGIN_PATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release"),
+        )
+        .env(
+            "GST_REGISTRY",
+            format!("/tmp/vmem-nobody-registry-{}.bin", std::process::id()),
+        )
+        .env("HOME", "/tmp")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("permission denied on /dev/udmabuf"), "{text}");
+    assert!(text.contains("read-write access is needed"), "{text}");
+    assert!(
+        text.contains("permission denied on /dev/dma_heap/"),
+        "{text}"
+    );
+}
+
+/// Pushes five 64x48 BGRx frames through `vmemexport ! appsink` from appsrc, each built by
+/// `make`, and returns vmemexport's copies and whether every frame arrived intact.
+fn push_frames(make: impl Fn(u8, &gst_video::VideoInfo) -> gst::Buffer) -> (u64, bool) {
+    init();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgrx, 64, 48)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .unwrap();
+    let pipeline =
+        launch("appsrc name=src format=time ! vmemexport name=v ! appsink name=out sync=false");
+    let src = element(&pipeline, "src")
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&info.to_caps().unwrap()));
+    let frames = collect(&pipeline, "out");
+    let mut expected = Vec::new();
+    for i in 0..5u8 {
+        let buf = make(i, &info);
+        expected.push(checksum(&normalized_frame(&buf, &info)));
+        src.push_buffer(buf).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    run(&pipeline);
+    let got: Vec<u64> = frames
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(caps, buf)| {
+            assert!(gstvmem::memory::is_all_dmabuf(buf));
+            let (info, _) = gstvmem::formats::video_info_from_caps(caps).unwrap();
+            checksum(&normalized_frame(buf, &info))
+        })
+        .collect();
+    (stat(&element(&pipeline, "v"), "copies"), got == expected)
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn multi_memory_buffers_are_copied_intact() {
+    // Each frame split over two memories at an odd byte: not exportable as one dma-buf.
+    let (copies, intact) = push_frames(|i, info| {
+        let bytes: Vec<u8> = (0..info.size())
+            .map(|b| (b as u8).wrapping_mul(i + 3))
+            .collect();
+        let mut buf = gst::Buffer::new();
+        {
+            let b = buf.get_mut().unwrap();
+            b.append_memory(gst::Memory::from_slice(bytes[..1001].to_vec()));
+            b.append_memory(gst::Memory::from_slice(bytes[1001..].to_vec()));
+        }
+        buf
+    });
+    assert_eq!(copies, 5);
+    assert!(intact, "copied frames must keep every pixel");
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn odd_strides_and_offsets_are_honoured() {
+    // 64x48 BGRx with a 300-byte stride (not a multiple of 4 pixels' worth plus padding) and
+    // the image starting 100 bytes in, described by VideoMeta.
+    let (copies, intact) = push_frames(|i, info| {
+        let (stride, offset) = (300usize, 100usize);
+        let mut bytes = vec![0xeeu8; offset + stride * 48];
+        for y in 0..48 {
+            for x in 0..64 * 4 {
+                bytes[offset + y * stride + x] = (x as u8) ^ (y as u8).wrapping_mul(i + 1);
+            }
+        }
+        let mut buf = gst::Buffer::from_mut_slice(bytes);
+        gst_video::VideoMeta::add_full(
+            buf.get_mut().unwrap(),
+            gst_video::VideoFrameFlags::empty(),
+            info.format(),
+            64,
+            48,
+            &[offset],
+            &[stride as i32],
+        )
+        .unwrap();
+        buf
+    });
+    assert_eq!(copies, 5);
+    assert!(
+        intact,
+        "the copy must follow the source's strides and offsets"
+    );
+}
