@@ -112,12 +112,7 @@ pub fn guard_release(buffer: &mut gst::BufferRef, dmabuf: gst::Memory) {
     unsafe extern "C" fn wait(data: *mut c_void) {
         // SAFETY: `data` is the memory reference `guard_release` stored.
         let mem: gst::Memory = unsafe { from_glib_full(data as *mut gst::ffi::GstMemory) };
-        if let Some(fd) = mem
-            .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
-            .map(|m| m.fd())
-        {
-            // SAFETY: the fd belongs to `mem`, alive in this scope.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Some(fd) = dmabuf_fd(&mem) {
             kernel::wait_idle(fd, FENCE_TIMEOUT);
         }
     }
@@ -130,6 +125,15 @@ pub fn guard_release(buffer: &mut gst::BufferRef, dmabuf: gst::Memory) {
             Some(wait),
         );
     }
+}
+
+/// The dma-buf fd of `mem`, if it is dma-buf memory.
+pub fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<std::os::fd::BorrowedFd<'_>> {
+    let fd = mem
+        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()?
+        .fd();
+    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
+    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
 }
 
 /// Whether every memory of `buffer` is dma-buf memory.

@@ -15,6 +15,7 @@ use super::protocol::{self, MAX_PLANES};
 use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
 use crate::kernel::{self, DrmNode, GemHandle};
+use crate::memory::dmabuf_fd;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -83,14 +84,6 @@ pub struct DmabufSink {
     stats: Mutex<Stats>,
     /// The socket's counters as they were when the sink last stopped.
     last_server_stats: Mutex<ServerStats>,
-}
-
-fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<BorrowedFd<'_>> {
-    let fd = mem
-        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()?
-        .fd();
-    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
-    Some(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 impl DmabufSink {

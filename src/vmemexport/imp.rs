@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 
 use std::collections::HashSet;
-use std::os::fd::BorrowedFd;
 use std::sync::{LazyLock, Mutex};
 
 use gst::glib;
@@ -256,12 +255,7 @@ impl VmemExport {
         if settings.sync && outcome != Outcome::AlreadyDmabuf {
             // The CPU wrote these pages through another mapping: make the writes visible to
             // devices (DMA_BUF_IOCTL_SYNC needs a begin before the end on udmabuf).
-            let fd = dmabuf
-                .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
-                .unwrap()
-                .fd();
-            // SAFETY: the fd belongs to `dmabuf`, alive for this scope.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let fd = crate::memory::dmabuf_fd(&dmabuf).expect("exports are dma-buf memory");
             let synced = kernel::sync_start(fd, SyncAccess::Write)
                 .and_then(|_| kernel::sync_end(fd, SyncAccess::Write));
             match synced {
