@@ -199,7 +199,7 @@ impl DmabufSink {
     ) {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut inodes: Vec<u64> = Vec::new();
-        let (offsets, _) = layout(buffer, info);
+        let (offsets, strides) = layout(buffer, info);
         let mut frame = protocol::Frame {
             frame_number,
             pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),
@@ -211,7 +211,6 @@ impl DmabufSink {
             n_planes: info.n_planes(),
             ..Default::default()
         };
-        let (_, strides) = layout(buffer, info);
         for plane in 0..(info.n_planes() as usize).min(MAX_PLANES) {
             let Some((range, skip)) =
                 buffer.find_memory(offsets[plane] as usize..offsets[plane] as usize + 1)
