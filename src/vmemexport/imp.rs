@@ -78,6 +78,8 @@ impl VmemExport {
     /// Resolves `backing` into what this run uses, with errors that say how to fix the system.
     fn open_backing(&self, settings: &Settings) -> Result<State, gst::ErrorMessage> {
         let name = format!("vmemexport:{}", self.obj().name());
+        // Why udmabuf is not used, for the error if no heap can stand in for it either.
+        let mut udmabuf_why = String::new();
         let udmabuf = match settings.backing {
             Backing::Heap => None,
             Backing::Memfd | Backing::Auto => match Udmabuf::open() {
@@ -90,6 +92,7 @@ impl VmemExport {
                 }
                 Err(e) => {
                     gst::info!(CAT, imp = self, "no udmabuf ({e}), trying dma-heaps");
+                    udmabuf_why = format!("{e}; and ");
                     None
                 }
             },
@@ -103,14 +106,6 @@ impl VmemExport {
         let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
             Ok(a) => Some(a),
             Err(e) if backing == Backing::Heap => {
-                let udmabuf_why = if settings.backing == Backing::Auto {
-                    match Udmabuf::open() {
-                        Err(u) => format!("{u}; and "),
-                        Ok(_) => String::new(),
-                    }
-                } else {
-                    String::new()
-                };
                 return Err(gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
                     ("No way to make dma-bufs: {udmabuf_why}{e}")
