@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::BorrowedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -31,12 +30,7 @@ fn open_fds() -> usize {
 /// The checksum a client computes, computed on the producer side from the same bytes.
 fn producer_checksum(buffer: &gst::BufferRef) -> u64 {
     let mem = buffer.peek_memory(0);
-    let fd = mem
-        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
-        .unwrap()
-        .fd();
-    // SAFETY: the fd belongs to `mem`, alive for this scope.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let fd = gstvmem::memory::dmabuf_fd(mem).expect("dma-buf memory");
     let len = mem.offset() + mem.size();
     let map = Mapping::new(fd, 0, len, false).unwrap();
     kernel::sync_start(fd, SyncAccess::Read).unwrap();

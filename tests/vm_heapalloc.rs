@@ -14,12 +14,7 @@ use gstvmem::kernel::{self, Mapping, SyncAccess};
 const CMA: &str = "reserved"; // the testbed's CMA heap, from cma=128M
 
 fn dmabuf_fd(mem: &gst::MemoryRef) -> BorrowedFd<'_> {
-    let fd = mem
-        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
-        .expect("dma-buf memory")
-        .fd();
-    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
-    unsafe { BorrowedFd::borrow_raw(fd) }
+    gstvmem::memory::dmabuf_fd(mem).expect("dma-buf memory")
 }
 
 /// The dma-buf fds this process holds.

@@ -15,12 +15,7 @@ const BGRX_VGA: &str = "video/x-raw,format=BGRx,width=640,height=480,framerate=3
 const I420_720P: &str = "video/x-raw,format=I420,width=1280,height=720,framerate=30/1";
 
 fn dmabuf_fd(mem: &gst::MemoryRef) -> BorrowedFd<'_> {
-    let fd = mem
-        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
-        .expect("output memory must be dma-buf memory")
-        .fd();
-    // SAFETY: the fd belongs to `mem`, which outlives the borrow.
-    unsafe { BorrowedFd::borrow_raw(fd) }
+    gstvmem::memory::dmabuf_fd(mem).expect("output memory must be dma-buf memory")
 }
 
 fn fdinfo_field(fd: BorrowedFd<'_>, field: &str) -> Option<String> {
