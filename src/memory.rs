@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 use std::os::fd::{IntoRawFd, OwnedFd};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
 use gst::glib;
 use gst::glib::translate::*;
@@ -22,13 +22,31 @@ pub fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize
     usize::try_from(kernel::page_align(total as u64)).ok()
 }
 
+/// The element an allocator works for. A pool whose allocation fails returns only
+/// `GST_FLOW_ERROR` to the element that asked for a buffer (often upstream, which then reports
+/// "Internal data stream error"), so the allocator posts the reason as this element's error.
+#[derive(Default)]
+pub struct AllocOwner(Mutex<glib::WeakRef<gst::Element>>);
+
+impl AllocOwner {
+    pub fn set(&self, element: &gst::Element) {
+        *self.0.lock().unwrap() = element.downgrade();
+    }
+
+    pub fn get(&self) -> Option<gst::Element> {
+        self.0.lock().unwrap().upgrade()
+    }
+}
+
 /// The body of an fd-backed allocator's `alloc`: `make_fd(maxsize)` creates the backing fd
 /// of `maxsize` bytes (whole pages, room for `params`' prefix and padding), which becomes a
 /// memory of `allocator` whose data starts at the prefix and is `size` bytes long. Failures
-/// are logged on `cat` and give NULL, as GstAllocator's `alloc` reports them.
+/// are logged on `cat`, posted as an error of `owner` if there is one, and give NULL, as
+/// GstAllocator's `alloc` reports them.
 pub fn alloc_fd_memory(
     allocator: &impl IsA<gst_allocators::FdAllocator>,
     cat: gst::DebugCategory,
+    owner: &AllocOwner,
     size: usize,
     params: &gst::AllocationParams,
     flags: gst_allocators::FdMemoryFlags,
@@ -56,6 +74,13 @@ pub fn alloc_fd_memory(
         }
         Err(err) => {
             gst::error!(cat, obj = allocator, "cannot allocate {size} bytes: {err}");
+            if let Some(owner) = owner.get() {
+                gst::element_error!(
+                    owner,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Cannot allocate a {size}-byte frame: {err}")
+                );
+            }
             std::ptr::null_mut()
         }
     }

@@ -30,6 +30,7 @@ struct State {
 #[derive(Default)]
 pub struct DmaHeapAllocator {
     state: Mutex<State>,
+    pub(super) owner: memory::AllocOwner,
 }
 
 impl DmaHeapAllocator {
@@ -141,13 +142,21 @@ unsafe impl AllocatorImpl for DmaHeapAllocator {
         params: &gst::AllocationParams,
     ) -> *mut gst::ffi::GstMemory {
         let flags = gst_allocators::FdMemoryFlags::NONE;
-        memory::alloc_fd_memory(&*self.obj(), *CAT, size, params, flags, |maxsize| {
-            let heap = self.heap()?;
-            let fd = heap.allocate(maxsize)?;
-            // Naming is a debugging aid: a kernel without it must not fail the allocation.
-            let _ = kernel::set_dmabuf_name(fd.as_fd(), &format!("heapalloc:{}", heap.name()));
-            Ok(fd)
-        })
+        memory::alloc_fd_memory(
+            &*self.obj(),
+            *CAT,
+            &self.owner,
+            size,
+            params,
+            flags,
+            |maxsize| {
+                let heap = self.heap()?;
+                let fd = heap.allocate(maxsize)?;
+                // Naming is a debugging aid: a kernel without it must not fail the allocation.
+                let _ = kernel::set_dmabuf_name(fd.as_fd(), &format!("heapalloc:{}", heap.name()));
+                Ok(fd)
+            },
+        )
     }
 }
 

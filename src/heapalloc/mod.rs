@@ -46,10 +46,25 @@ impl DmaHeapAllocator {
     /// the error says what is short (e.g. an exhausted CMA area) while a pipeline can still
     /// report it clearly.
     pub fn check_capacity(&self, size: usize) -> Result<(), kernel::Error> {
-        self.imp()
-            .heap()?
-            .allocate(kernel::page_align(size as u64) as usize)
-            .map(drop)
+        self.check_capacity_for(size, 1)
+    }
+
+    /// Like [`check_capacity`](Self::check_capacity), for `count` buffers held at once.
+    pub fn check_capacity_for(&self, size: usize, count: usize) -> Result<(), kernel::Error> {
+        let heap = self.imp().heap()?;
+        let size = kernel::page_align(size as u64) as usize;
+        let held = (0..count)
+            .map(|_| heap.allocate(size))
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(held);
+        Ok(())
+    }
+
+    /// Makes allocation failures errors of `element` (the element whose pool this allocator
+    /// fills), not only log lines: the element asking the pool for a buffer may be another.
+    pub fn set_owner(&self, element: &impl glib::prelude::IsA<gst::Element>) {
+        use glib::prelude::Cast;
+        self.imp().owner.set(element.upcast_ref());
     }
 
     /// Whether the chosen heap is physically contiguous (a CMA heap).

@@ -54,13 +54,14 @@ impl DrmNode {
     /// driver name is).
     pub fn open_driver(driver: &str) -> Result<DrmNode> {
         let mut seen = Vec::new();
-        for path in dri_nodes() {
+        for path in dri_nodes()? {
             match DrmNode::open(&path) {
                 Ok(node) if node.driver == driver => return Ok(node),
                 Ok(node) => seen.push(format!("{} ({})", path.display(), node.driver)),
                 Err(Error::PermissionDenied { .. }) => {
                     seen.push(format!("{} (no access)", path.display()))
                 }
+                Err(e @ Error::FdExhausted { .. }) => return Err(e),
                 Err(_) => {}
             }
         }
@@ -103,11 +104,13 @@ impl DrmNode {
     }
 }
 
-/// The DRM nodes present, cards before render nodes.
-pub fn dri_nodes() -> Vec<PathBuf> {
-    let mut nodes: Vec<PathBuf> = std::fs::read_dir(DRI_DIR)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+/// The DRM nodes present, cards before render nodes (none if there is no /dev/dri).
+pub fn dri_nodes() -> Result<Vec<PathBuf>> {
+    let mut nodes: Vec<PathBuf> = match std::fs::read_dir(DRI_DIR) {
+        Ok(d) => d.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::from_io("reading /dev/dri", e)),
+    };
     nodes.retain(|p| {
         let n = p.file_name().unwrap_or_default().to_string_lossy();
         n.starts_with("card") || n.starts_with("renderD")
@@ -120,7 +123,7 @@ pub fn dri_nodes() -> Vec<PathBuf> {
             .into_owned();
         (!n.starts_with("card"), n.len(), n)
     });
-    nodes
+    Ok(nodes)
 }
 
 /// A GEM handle from a PRIME import, closed (`DRM_IOCTL_GEM_CLOSE`) on drop.

@@ -6,7 +6,9 @@ use std::sync::{LazyLock, Mutex};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use gst_base::subclass::base_transform::{InputBuffer, PrepareOutputBufferSuccess};
+use gst_base::subclass::base_transform::{
+    GenerateOutputSuccess, InputBuffer, PrepareOutputBufferSuccess,
+};
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
@@ -104,7 +106,10 @@ impl VmemExport {
         // The heap is needed for backing=heap, and as the copy target for frames over udmabuf's
         // size limit; only the former makes a missing heap fatal.
         let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                a.set_owner(&*self.obj());
+                Some(a)
+            }
             Err(e) if backing == Backing::Heap => {
                 return Err(gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
@@ -154,11 +159,32 @@ impl VmemExport {
     }
 
     /// The allocator whose memory leaves without a copy for this backing.
-    fn zero_copy_allocator(state: &State) -> Option<gst::Allocator> {
+    fn zero_copy_allocator(&self, state: &State) -> Option<gst::Allocator> {
         match state.backing {
             Backing::Heap => state.heap_allocator.clone().map(|a| a.upcast()),
-            _ => Some(MemfdAllocator::default().upcast()),
+            _ => Some(MemfdAllocator::new(self.obj().upcast_ref()).upcast()),
         }
+    }
+
+    /// The heap that copies of frames over udmabuf's size limit go to: the configured one, or
+    /// with `heap=auto` the system heap when the CMA area cannot hold two such frames (one
+    /// downstream while the next is copied).
+    fn oversize_heap(&self, state: &State, size: usize) -> Option<gst::Allocator> {
+        let heap = state.heap_allocator.as_ref()?;
+        if heap.check_capacity_for(size, 2).is_err()
+            && self.settings().heap == "auto"
+            && let Ok(system) = DmaHeapAllocator::new("system")
+        {
+            gst::info!(
+                CAT,
+                imp = self,
+                "{size}-byte frames do not fit in heap {}: copying into the system heap",
+                heap.heap_name().unwrap_or_default()
+            );
+            system.set_owner(&*self.obj());
+            return Some(system.upcast());
+        }
+        Some(heap.clone().upcast())
     }
 
     /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf.
@@ -175,9 +201,9 @@ impl VmemExport {
                 .size_limit()
                 .is_some_and(|l| kernel::page_align(info.size() as u64) <= l);
             let allocator: gst::Allocator = if fits {
-                MemfdAllocator::default().upcast()
-            } else if let Some(heap) = &state.heap_allocator {
-                heap.clone().upcast()
+                MemfdAllocator::new(self.obj().upcast_ref()).upcast()
+            } else if let Some(heap) = self.oversize_heap(state, info.size()) {
+                heap
             } else {
                 gst::element_imp_error!(
                     self,
@@ -190,7 +216,9 @@ impl VmemExport {
                 return Err(gst::FlowError::Error);
             };
             let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
-            let pool = self.make_pool(&allocator, &caps, &info, 2).map_err(|e| {
+            // No buffers allocated up front: GstBufferPool's start leaks them when a later one
+            // fails; on demand, a failure is the allocator's error message and nothing leaks.
+            let pool = self.make_pool(&allocator, &caps, &info, 0).map_err(|e| {
                 gst::error!(CAT, imp = self, "copy pool: {e}");
                 gst::FlowError::Error
             })?;
@@ -608,7 +636,7 @@ impl BaseTransformImpl for VmemExport {
         let state = state
             .as_ref()
             .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
-        let Some(allocator) = Self::zero_copy_allocator(state) else {
+        let Some(allocator) = self.zero_copy_allocator(state) else {
             return Ok(());
         };
         if let Some(heap) = state
@@ -698,9 +726,24 @@ impl BaseTransformImpl for VmemExport {
             Err(why) => {
                 gst::debug!(CAT, imp = self, "copy: {why}");
                 self.refuse(state, &settings, &why)?;
-                let copied = self.copy_to_pool(state, inbuf)?;
+                let mut copied = self.copy_to_pool(state, inbuf)?;
                 stats.copies += 1;
                 stats.bytes_copied += state.in_info.as_ref().map_or(0, |i| i.size() as u64);
+                if crate::memory::is_all_dmabuf(&copied) {
+                    // A dma-heap copy leaves as it is, with the frame's timing and metas (its
+                    // own VideoMeta stays: a meta copy skips that one).
+                    inbuf
+                        .copy_into(
+                            copied.make_mut(),
+                            gst::BufferCopyFlags::FLAGS
+                                | gst::BufferCopyFlags::TIMESTAMPS
+                                | gst::BufferCopyFlags::META,
+                            ..,
+                        )
+                        .map_err(|_| gst::FlowError::Error)?;
+                    *self.stats.lock().unwrap() = stats;
+                    return Ok(PrepareOutputBufferSuccess::Buffer(copied));
+                }
                 self.wrap(state, &settings, &copied, inbuf, &mut stats)
                     .map_err(|why| {
                         gst::element_imp_error!(
@@ -714,6 +757,32 @@ impl BaseTransformImpl for VmemExport {
         };
         *self.stats.lock().unwrap() = stats;
         Ok(PrepareOutputBufferSuccess::Buffer(out))
+    }
+
+    fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {
+        // Frames that already are dma-bufs (from a backing=heap pool, or a dma-buf producer)
+        // leave as the very buffer that arrived. Wrapping their memory in a new buffer would
+        // keep it shared when the pool takes the buffer back, and GstBufferPool discards a
+        // buffer whose memory is shared (1.22 does): every frame would be a new allocation.
+        let negotiated = self
+            .state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|s| s.in_info.is_some());
+        if negotiated
+            && !self.obj().is_passthrough()
+            && self
+                .queued_buffer()
+                .is_some_and(|b| crate::memory::is_all_dmabuf(&b))
+            && let Some(buffer) = self.take_queued_buffer()
+        {
+            let mut stats = self.stats.lock().unwrap();
+            stats.frames += 1;
+            stats.passthrough += 1;
+            return Ok(GenerateOutputSuccess::Buffer(buffer));
+        }
+        self.parent_generate_output()
     }
 
     fn transform(

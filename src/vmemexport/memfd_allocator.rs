@@ -12,13 +12,15 @@ glib::wrapper! {
         @extends gst_allocators::FdAllocator, gst::Allocator, gst::Object;
 }
 
-impl Default for MemfdAllocator {
-    fn default() -> Self {
-        glib::Object::new()
-    }
-}
-
 impl MemfdAllocator {
+    /// An allocator whose failures are errors of `owner` (see [`memory::AllocOwner`]).
+    pub fn new(owner: &gst::Element) -> MemfdAllocator {
+        use gst::subclass::prelude::ObjectSubclassIsExt;
+        let allocator: MemfdAllocator = glib::Object::new();
+        allocator.imp().owner.set(owner);
+        allocator
+    }
+
     /// Whether `mem` came from a MemfdAllocator (and so is a sealed memfd from offset 0).
     pub fn owns(mem: &gst::MemoryRef) -> bool {
         use gst::prelude::*;
@@ -45,7 +47,9 @@ mod imp {
     });
 
     #[derive(Default)]
-    pub struct MemfdAllocator;
+    pub struct MemfdAllocator {
+        pub(super) owner: memory::AllocOwner,
+    }
 
     #[glib::object_subclass]
     impl ObjectSubclass for MemfdAllocator {
@@ -67,12 +71,20 @@ mod imp {
             params: &gst::AllocationParams,
         ) -> *mut gst::ffi::GstMemory {
             let flags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
-            memory::alloc_fd_memory(&*self.obj(), *CAT, size, params, flags, |maxsize| {
-                let memfd = Memfd::new("vmemexport", maxsize as u64)?;
-                // Neither shrinking (udmabuf's rule) nor growing: the export covers the whole file.
-                memfd.add_seals(SealFlags::GROW)?;
-                Ok(memfd.into_fd())
-            })
+            memory::alloc_fd_memory(
+                &*self.obj(),
+                *CAT,
+                &self.owner,
+                size,
+                params,
+                flags,
+                |maxsize| {
+                    let memfd = Memfd::new("vmemexport", maxsize as u64)?;
+                    // Neither shrinking (udmabuf's rule) nor growing: the export covers the whole file.
+                    memfd.add_seals(SealFlags::GROW)?;
+                    Ok(memfd.into_fd())
+                },
+            )
         }
     }
 }
