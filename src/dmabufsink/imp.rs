@@ -11,7 +11,8 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use super::DropPolicy;
-use super::protocol::{self, MAX_PLANES};
+use super::layout::{self, LayoutError, Plane};
+use super::protocol;
 use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
 use crate::kernel::{self, DrmNode, GemHandle};
@@ -114,6 +115,7 @@ impl DmabufSink {
         state: &mut State,
         settings: &Settings,
         buffer: &gst::BufferRef,
+        planes: Option<&[Plane]>,
         stats: &mut Stats,
     ) {
         let Some(node) = state.drm.clone() else {
@@ -140,17 +142,20 @@ impl DmabufSink {
             };
             stats.imported += 1;
             if settings.drm_addfb
-                && let Some(info) = &state.info
+                && let (Some(info), Some(planes)) = (&state.info, planes)
             {
-                let (offsets, strides) = layout(buffer, info);
-                let n = info.n_planes() as usize;
+                let offsets: Vec<u32> = planes
+                    .iter()
+                    .map(|p| (buffer.peek_memory(p.memory).offset() + p.offset) as u32)
+                    .collect();
+                let strides: Vec<u32> = planes.iter().map(|p| p.stride).collect();
                 if let Err(e) = handle.check_addfb2(
                     info.width(),
                     info.height(),
                     state.fourcc,
                     None,
-                    &offsets[..n],
-                    &strides[..n],
+                    &offsets,
+                    &strides,
                 ) {
                     stats.addfb_failures += 1;
                     self.warn_once(
@@ -195,11 +200,11 @@ impl DmabufSink {
         info: &gst_video::VideoInfo,
         fourcc: u32,
         buffer: &gst::Buffer,
+        planes: &[Plane],
         frame_number: u64,
     ) {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut inodes: Vec<u64> = Vec::new();
-        let (offsets, strides) = layout(buffer, info);
         let mut frame = protocol::Frame {
             frame_number,
             pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),
@@ -211,13 +216,8 @@ impl DmabufSink {
             n_planes: info.n_planes(),
             ..Default::default()
         };
-        for plane in 0..(info.n_planes() as usize).min(MAX_PLANES) {
-            let Some((range, skip)) =
-                buffer.find_memory(offsets[plane] as usize..offsets[plane] as usize + 1)
-            else {
-                return;
-            };
-            let mem = buffer.peek_memory(range.start);
+        for (plane, layout) in planes.iter().enumerate() {
+            let mem = buffer.peek_memory(layout.memory);
             let Some(fd) = dmabuf_fd(mem) else { return };
             let ino = rustix::fs::fstat(fd).map(|s| s.st_ino).unwrap_or(0);
             let index = inodes.iter().position(|&i| i == ino).unwrap_or_else(|| {
@@ -226,8 +226,8 @@ impl DmabufSink {
                 inodes.len() - 1
             });
             frame.plane_fd[plane] = index as u8;
-            frame.offsets[plane] = (mem.offset() + skip) as u32;
-            frame.strides[plane] = strides[plane];
+            frame.offsets[plane] = (mem.offset() + layout.offset) as u32;
+            frame.strides[plane] = layout.stride;
         }
         let first = buffer.peek_memory(0);
         frame.size = (first.offset() + first.size()) as u64;
@@ -242,22 +242,18 @@ impl DmabufSink {
     }
 }
 
-/// Plane offsets (from the buffer's start) and strides: the VideoMeta's, else the caps' default.
-fn layout(
+/// The frame's planes as its VideoMeta (else the caps' default layout) places them, checked
+/// against the memories that hold them.
+fn frame_layout(
     buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
-) -> ([u32; MAX_PLANES], [u32; MAX_PLANES]) {
-    let mut offsets = [0u32; MAX_PLANES];
-    let mut strides = [0u32; MAX_PLANES];
-    let (o, s): (Vec<usize>, Vec<i32>) = match buffer.meta::<gst_video::VideoMeta>() {
+) -> Result<Vec<Plane>, LayoutError> {
+    let (offsets, strides): (Vec<usize>, Vec<i32>) = match buffer.meta::<gst_video::VideoMeta>() {
         Some(m) => (m.offset().to_vec(), m.stride().to_vec()),
         None => (info.offset().to_vec(), info.stride().to_vec()),
     };
-    for p in 0..(info.n_planes() as usize).min(MAX_PLANES) {
-        offsets[p] = o[p] as u32;
-        strides[p] = s[p] as u32;
-    }
-    (offsets, strides)
+    let sizes: Vec<usize> = buffer.iter_memories().map(|m| m.size()).collect();
+    layout::plane_layout(info, &offsets, &strides, &sizes)
 }
 
 #[glib::object_subclass]
@@ -530,11 +526,24 @@ impl BaseSinkImpl for DmabufSink {
                 }
             }
         }
-        self.import(state, &settings, buffer, &mut stats);
-        if let Some(info) = state.info.clone() {
+        let planes = match state.info.as_ref().map(|info| frame_layout(buffer, info)) {
+            Some(Ok(planes)) => Some(planes),
+            Some(Err(e)) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("A frame's planes do not fit in its memory: {e}"),
+                    ["the VideoMeta's offsets and strides describe bytes the buffer does not have"]
+                );
+                return Err(gst::FlowError::Error);
+            }
+            None => None,
+        };
+        self.import(state, &settings, buffer, planes.as_deref(), &mut stats);
+        if let (Some(info), Some(planes)) = (state.info.clone(), planes) {
             let fourcc = state.fourcc;
             if let Some(server) = state.server.as_ref() {
-                self.share(server, &info, fourcc, buffer, frame_number);
+                self.share(server, &info, fourcc, buffer, &planes, frame_number);
                 self.log_server_events(server);
             }
         }

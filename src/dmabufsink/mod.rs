@@ -17,6 +17,7 @@ use gst::prelude::*;
 
 mod client;
 mod imp;
+pub mod layout;
 pub mod protocol;
 mod server;
 
