@@ -7,7 +7,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint host-test meson-check vm-tests vm-test test bench demo clean
+.PHONY: all build setup lint host-test meson-check vm-tests vm-test test bench soak demo clean
 
 all: build
 
@@ -57,7 +57,7 @@ demo:
 	tests/vm/setup host
 	tests/vm/setup kernel >/dev/null
 	tests/vm/setup userland $(USERLAND)
-	$(CARGO) build --release --examples
+	$(CARGO) build --release --lib --examples
 	tests/vm/run --userland $(USERLAND) -- tests/vm/demo
 
 # Benchmarks (figures, never a failure on a number): results/gst-<version>/bench.{json,csv,md}.
@@ -65,8 +65,16 @@ bench:
 	tests/vm/setup host
 	tests/vm/setup kernel >/dev/null
 	tests/vm/setup userland $(USERLAND)
-	$(CARGO) build --release --examples
+	$(CARGO) build --release --lib --examples
 	tests/vm/run --userland $(USERLAND) -- tests/vm/bench $(BENCH_ARGS)
+
+# Soak and faults (full figures; the VM suite runs a short one): results/gst-<version>/soak.md.
+soak:
+	tests/vm/setup host
+	tests/vm/setup kernel >/dev/null
+	tests/vm/setup userland $(USERLAND)
+	$(CARGO) build --release --lib --examples
+	tests/vm/run --userland $(USERLAND) -- tests/vm/soak $(SOAK_ARGS)
 
 clean:
 	$(CARGO) clean
