@@ -28,3 +28,16 @@ gst::plugin_define!(
     "gst-vmem",
     env!("BUILD_REL_DATE")
 );
+
+/// A reproducible pseudo-random stream (xorshift64) for the property tests, without a
+/// dependency.
+#[cfg(test)]
+pub(crate) fn xorshift() -> impl FnMut() -> u64 {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}

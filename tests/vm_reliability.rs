@@ -261,18 +261,21 @@ fn stopping_while_downstream_holds_frames_releases_them_afterwards() {
     assert!(!memfd_mapped());
 }
 
+/// Concurrent streams: a different pattern each, so a frame of one seen by another shows.
+const RUNS: [(&str, &str); 6] = [
+    ("smpte", "backing=memfd"),
+    ("ball", "backing=memfd"),
+    ("zone-plate", "backing=heap heap=system"),
+    ("checkers-8", "backing=heap heap=reserved"),
+    ("circular", "backing=heap heap=system"),
+    ("gamut", "backing=memfd"),
+];
+
 #[test]
 #[ignore = "needs the VM testbed"]
 fn pipelines_in_one_process_share_the_devices_without_cross_talk() {
     init();
-    let runs = [
-        ("smpte", "backing=memfd"),
-        ("ball", "backing=memfd"),
-        ("zone-plate", "backing=heap heap=system"),
-        ("checkers-8", "backing=heap heap=reserved"),
-        ("circular", "backing=heap heap=system"),
-        ("gamut", "backing=memfd"),
-    ];
+    let runs = &RUNS;
     let frames = 40;
     let pipelines: Vec<_> = runs
         .iter()
@@ -321,12 +324,7 @@ fn pipelines_in_one_process_share_the_devices_without_cross_talk() {
 #[ignore = "needs the VM testbed"]
 fn processes_at_once_share_udmabuf_and_heaps_without_cross_talk() {
     init();
-    let runs = [
-        ("smpte", "backing=memfd"),
-        ("ball", "backing=memfd"),
-        ("zone-plate", "backing=heap heap=system"),
-        ("checkers-8", "backing=heap heap=reserved"),
-    ];
+    let runs = &RUNS[..4];
     let frames = 45;
     let mut producers = Vec::new();
     let mut clients = Vec::new();

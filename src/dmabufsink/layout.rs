@@ -196,14 +196,7 @@ mod tests {
     #[test]
     fn random_layouts_are_refused_exactly_when_a_row_leaves_its_memory() {
         init();
-        // xorshift: reproducible without a dependency.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift();
         let formats = formats();
         let (mut accepted, mut refused) = (0, 0);
         for _ in 0..20_000 {

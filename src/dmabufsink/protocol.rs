@@ -357,13 +357,7 @@ mod tests {
     /// panic the decoder, and what it accepts re-encodes to the same bytes.
     #[test]
     fn decoding_arbitrary_bytes_never_panics() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift();
         let valid = [
             Message::Hello(Hello { max_pending: 4 }).encode(),
             Message::Frame(frame()).encode(),
