@@ -94,10 +94,11 @@ fn stat(mut v: Vec<f64>) -> Stat {
     }
 }
 
-/// Per-frame microseconds spent inside vmemexport (sink pad to src pad), after warm-up.
-fn element_cost(caps: &str, frames: u32, zero_copy: bool, sync: bool) -> (f64, u64) {
+/// Per-frame microseconds spent inside `element` (sink pad to src pad) after warm-up, and
+/// its copies if it is vmemexport.
+fn element_cost(caps: &str, frames: u32, element: &str) -> (f64, u64) {
     let pipeline = launch(&format!(
-        "videotestsrc num-buffers={frames} pattern=black ! {caps} ! vmemexport name=v propose-pool={zero_copy} sync={sync} ! fakesink"
+        "videotestsrc num-buffers={frames} pattern=black ! {caps} ! {element} name=v ! fakesink"
     ));
     let v = pipeline.by_name("v").unwrap();
     let start = Arc::new(Mutex::new(None::<Instant>));
@@ -119,10 +120,13 @@ fn element_cost(caps: &str, frames: u32, zero_copy: bool, sync: bool) -> (f64, u
             gst::PadProbeReturn::Ok
         });
     run(&pipeline);
-    let copies = v
-        .property::<gst::Structure>("stats")
-        .get::<u64>("copies")
-        .unwrap();
+    let copies = if element.starts_with("vmemexport") {
+        v.property::<gst::Structure>("stats")
+            .get::<u64>("copies")
+            .unwrap()
+    } else {
+        0
+    };
     let mut s = samples.lock().unwrap().clone();
     // The first frames of the zero-copy path include each pool buffer's one-time export.
     let warm = s.split_off(s.len().min(5));
@@ -273,7 +277,7 @@ fn main() {
         &[(640, 480), (1280, 720), (1920, 1080), (3840, 2160)]
     };
     md.push_str("### vmemexport alone: time per frame inside the element\n\n");
-    md.push_str("| format | size | zero-copy (us) | zero-copy, sync=false (us) | copy fallback (us) | copy / zero-copy |\n|---|---|---|---|---|---|\n");
+    md.push_str("| format | size | zero-copy (us) | zero-copy, sync=false (us) | copy fallback (us) | copy / zero-copy | identity in its place (us) |\n|---|---|---|---|---|---|---|\n");
     json.push_str("  \"element\": [\n");
     let mut first = true;
     let mut vga_cost = std::collections::HashMap::new();
@@ -282,30 +286,37 @@ fn main() {
         for &(w, h) in sizes {
             let caps = format!("video/x-raw,format={format},width={w},height={h},framerate=30/1");
             let frames = if w >= 3840 { 20 } else { 40 };
-            let (mut zc, mut zn, mut cp) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut zc, mut zn, mut cp, mut id) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..REPS {
-                let (t, copies) = element_cost(&caps, frames, true, true);
+                let (t, copies) = element_cost(&caps, frames, "vmemexport");
                 assert_eq!(copies, 0, "zero-copy path copied");
                 zc.push(t);
-                zn.push(element_cost(&caps, frames, true, false).0);
-                let (t, copies) = element_cost(&caps, frames, false, true);
+                zn.push(element_cost(&caps, frames, "vmemexport sync=false").0);
+                let (t, copies) = element_cost(&caps, frames, "vmemexport propose-pool=false");
                 assert!(copies > 0, "copy path did not copy");
                 cp.push(t);
+                id.push(element_cost(&caps, frames, "identity").0);
             }
-            let (zc, zn, cp) = (stat(zc), stat(zn), stat(cp));
+            let (zc, zn, cp, id) = (stat(zc), stat(zn), stat(cp), stat(id));
             if w == 640 {
-                vga_cost.insert(format, (zc.median, zn.median));
+                vga_cost.insert(format, (zc.median, zn.median, id.median));
             }
             plot.push((format, w, zc.median, cp.median));
             let _ = writeln!(
                 md,
-                "| {format} | {w}x{h} | {:.0} | {:.0} | {:.0} | {:.1}x |",
+                "| {format} | {w}x{h} | {:.0} | {:.0} | {:.0} | {:.1}x | {:.0} |",
                 zc.median,
                 zn.median,
                 cp.median,
-                cp.median / zc.median
+                cp.median / zc.median,
+                id.median
             );
-            for (variant, s) in [("zero-copy", zc), ("zero-copy-nosync", zn), ("copy", cp)] {
+            for (variant, s) in [
+                ("zero-copy", zc),
+                ("zero-copy-nosync", zn),
+                ("copy", cp),
+                ("identity", id),
+            ] {
                 let _ = writeln!(
                     csv,
                     "element,{format} {w}x{h},{variant},us_per_frame,{:.1},{:.1},{:.1}",
@@ -324,11 +335,12 @@ fn main() {
             if w == sizes[sizes.len() - 1].0 {
                 let _ = writeln!(
                     md,
-                    "| {format} | {}x{} / 640x480 | ratio {:.2} | ratio {:.2} | | |",
+                    "| {format} | {}x{} / 640x480 | ratio {:.2} | ratio {:.2} | | | ratio {:.2} |",
                     w,
                     h,
                     zc.median / vga_cost[format].0,
-                    zn.median / vga_cost[format].1
+                    zn.median / vga_cost[format].1,
+                    id.median / vga_cost[format].2
                 );
             }
         }
