@@ -7,7 +7,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint host-test meson-check vm-tests vm-test test bench soak demo clean
+.PHONY: all build setup lint host-test meson-check vm-tests vm-test vm-ready test bench soak demo clean
 
 all: build
 
@@ -52,28 +52,23 @@ test:
 	tests/vm/setup all
 	tests/vm/check-all $(USERLANDS)
 
-# The main job in one command: the report and results/display.png.
-demo:
+# What make demo, bench and soak need: the testbed for USERLAND and the release build.
+vm-ready:
 	tests/vm/setup host
 	tests/vm/setup kernel >/dev/null
 	tests/vm/setup userland $(USERLAND)
 	$(CARGO) build --release --lib --examples
+
+# The main job in one command: the report and results/display.png.
+demo: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/demo
 
 # Benchmarks (figures, never a failure on a number): results/gst-<version>/bench.{json,csv,md}.
-bench:
-	tests/vm/setup host
-	tests/vm/setup kernel >/dev/null
-	tests/vm/setup userland $(USERLAND)
-	$(CARGO) build --release --lib --examples
+bench: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/bench $(BENCH_ARGS)
 
 # Soak and faults (full figures; the VM suite runs a short one): results/gst-<version>/soak.md.
-soak:
-	tests/vm/setup host
-	tests/vm/setup kernel >/dev/null
-	tests/vm/setup userland $(USERLAND)
-	$(CARGO) build --release --lib --examples
+soak: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/soak $(SOAK_ARGS)
 
 clean:

@@ -337,6 +337,17 @@ fn frame_sum(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> u64 {
     sum
 }
 
+/// The pipeline's appsrc named "src", producing `info` frames.
+fn appsrc(pipeline: &gst::Pipeline, info: &gst_video::VideoInfo) -> gst_app::AppSrc {
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&info.to_caps().unwrap()));
+    src
+}
+
 /// Pushes five 64x48 BGRx frames built by `make` through `vmemexport ! appsink`: copies made,
 /// and whether every frame arrived as dma-buf memory with the same pixels.
 fn push_frames(make: impl Fn(u8, &gst_video::VideoInfo) -> gst::Buffer) -> (u64, bool) {
@@ -346,12 +357,7 @@ fn push_frames(make: impl Fn(u8, &gst_video::VideoInfo) -> gst::Buffer) -> (u64,
         .unwrap();
     let pipeline =
         launch("appsrc name=src format=time ! vmemexport name=v ! appsink name=out sync=false");
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    src.set_caps(Some(&info.to_caps().unwrap()));
+    let src = appsrc(&pipeline, &info);
     let sink = pipeline
         .by_name("out")
         .unwrap()
@@ -599,12 +605,7 @@ fn overrunning_layout(report: &mut Report) {
         .build()
         .unwrap();
     let pipeline = launch("appsrc name=src format=time ! dmabufsink name=s");
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    src.set_caps(Some(&info.to_caps().unwrap()));
+    let src = appsrc(&pipeline, &info);
     // The plugin's registered allocator (this program loads the plugin, it does not link it).
     let allocator = gst::Allocator::find(Some("dmaheap")).expect("the vmem plugin");
     let mut buf = gst::Buffer::new();
