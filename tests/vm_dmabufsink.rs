@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use gst::prelude::*;
 use gstvmem::dmabufsink::protocol;
-use gstvmem::kernel::{self, Mapping, SyncAccess};
+use gstvmem::kernel;
 
 const BGRX: &str = "video/x-raw,format=BGRx,width=320,height=240,framerate=30/1";
 const CLIENT: &str = concat!(
@@ -31,12 +31,7 @@ fn open_fds() -> usize {
 fn producer_checksum(buffer: &gst::BufferRef) -> u64 {
     let mem = buffer.peek_memory(0);
     let fd = gstvmem::memory::dmabuf_fd(mem).expect("dma-buf memory");
-    let len = mem.offset() + mem.size();
-    let map = Mapping::new(fd, 0, len, false).unwrap();
-    kernel::sync_start(fd, SyncAccess::Read).unwrap();
-    let sum = protocol::checksum(map.as_slice());
-    kernel::sync_end(fd, SyncAccess::Read).unwrap();
-    sum
+    kernel::read_dmabuf(fd, mem.offset() + mem.size(), protocol::checksum).unwrap()
 }
 
 /// Records (frame number, checksum) of every buffer reaching element `at`'s sink pad.

@@ -126,11 +126,10 @@ fn child_sums_a_dmabuf() {
     let (_, fds) =
         kernel::recv_with_fds(&socket, &mut buf, rustix::net::RecvFlags::empty()).unwrap();
     let fd = fds[0].as_fd();
-    let size = kernel::dmabuf_size(fd).unwrap() as usize;
-    let map = Mapping::new(fd, 0, size, false).unwrap();
-    kernel::sync_start(fd, SyncAccess::Read).unwrap();
-    println!("CHILD-SUM {}", checksum(&map.as_slice()[..len]));
-    kernel::sync_end(fd, SyncAccess::Read).unwrap();
+    println!(
+        "CHILD-SUM {}",
+        kernel::read_dmabuf(fd, len, checksum).unwrap()
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use gst::prelude::*;
-use gstvmem::kernel::{self, Mapping, SyncAccess};
+use gstvmem::kernel;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const BGRX: &str = "video/x-raw,format=BGRx,width=64,height=48,framerate=30/1";
@@ -36,11 +36,7 @@ fn memfd_mapped() -> bool {
 /// The checksum of `len` bytes at `offset` of a dma-buf, read through its own mapping.
 fn dmabuf_checksum(fd: &OwnedFd, offset: usize, len: usize) -> u64 {
     use std::os::fd::AsFd;
-    let map = Mapping::new(fd.as_fd(), 0, offset + len, false).unwrap();
-    kernel::sync_start(fd.as_fd(), SyncAccess::Read).unwrap();
-    let sum = checksum(&map.as_slice()[offset..offset + len]);
-    kernel::sync_end(fd.as_fd(), SyncAccess::Read).unwrap();
-    sum
+    kernel::read_dmabuf(fd.as_fd(), offset + len, |b| checksum(&b[offset..])).unwrap()
 }
 
 /// Raw frame checksums of `pattern` at 64x48 BGRx, by PTS: what every path must deliver.
@@ -50,7 +46,7 @@ fn reference(pattern: &str, frames: u32) -> std::collections::HashMap<u64, u64> 
     ))
     .iter()
     .map(|(_, b)| {
-        let sum = gstvmem::dmabufsink::protocol::checksum(&b.map_readable().unwrap());
+        let sum = checksum(&b.map_readable().unwrap());
         (b.pts().unwrap().nseconds(), sum)
     })
     .collect()
@@ -310,7 +306,7 @@ fn pipelines_in_one_process_share_the_devices_without_cross_talk() {
         assert_eq!(got.len(), frames as usize);
         for (_, buf) in got.iter() {
             assert!(gstvmem::memory::is_all_dmabuf(buf));
-            let sum = gstvmem::dmabufsink::protocol::checksum(&buf.map_readable().unwrap());
+            let sum = checksum(&buf.map_readable().unwrap());
             assert_eq!(
                 Some(&sum),
                 expected.get(&buf.pts().unwrap().nseconds()),

@@ -17,7 +17,7 @@ use std::path::Path;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::protocol::{self, MAX_MESSAGE_SIZE, Message};
-use crate::kernel::{self, Mapping, SyncAccess};
+use crate::kernel;
 
 pub struct Client {
     fd: OwnedFd,
@@ -98,11 +98,7 @@ impl ReceivedFrame {
             .ok_or_else(|| invalid("frame without fds".into()))?
             .as_fd();
         let len = usize::try_from(self.info.size).map_err(|_| invalid("size".into()))?;
-        let map = Mapping::new(fd, 0, len, false)?;
-        kernel::sync_start(fd, SyncAccess::Read)?;
-        let sum = protocol::checksum(map.as_slice());
-        kernel::sync_end(fd, SyncAccess::Read)?;
-        Ok(sum)
+        Ok(kernel::read_dmabuf(fd, len, protocol::checksum)?)
     }
 }
 

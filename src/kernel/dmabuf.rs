@@ -73,6 +73,16 @@ pub fn sync_end(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
     sync(fd, DMA_BUF_SYNC_END | access.flags())
 }
 
+/// Reads the first `len` bytes of a dma-buf through a mapping of its own, bracketed by
+/// `DMA_BUF_IOCTL_SYNC` as the dma-buf API asks of CPU readers.
+pub fn read_dmabuf<R>(fd: BorrowedFd<'_>, len: usize, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
+    let map = super::Mapping::new(fd, 0, len, false)?;
+    sync_start(fd, SyncAccess::Read)?;
+    let result = read(map.as_slice());
+    sync_end(fd, SyncAccess::Read)?;
+    Ok(result)
+}
+
 /// The dma-buf's size in bytes (dma-bufs answer `lseek(SEEK_END)`).
 pub fn dmabuf_size(fd: BorrowedFd<'_>) -> Result<u64> {
     use rustix::fs::SeekFrom;

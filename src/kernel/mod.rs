@@ -17,7 +17,8 @@ use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SyncAccess, dmabuf_name, dmabuf_size, set_dmabuf_name, sync_end, sync_start, wait_idle,
+    SyncAccess, dmabuf_name, dmabuf_size, read_dmabuf, set_dmabuf_name, sync_end, sync_start,
+    wait_idle,
 };
 pub use self::drm::{DrmNode, GemHandle, Scanout};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};

@@ -199,11 +199,9 @@ pub fn normalized_frame(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) ->
     out
 }
 
-/// FNV-1a: a stable, dependency-free checksum for frame comparisons.
+/// FNV-1a, the checksum dmabufsink's clients compute: a stable one for frame comparisons.
 pub fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    gstvmem::dmabufsink::protocol::checksum(bytes)
 }
 
 /// Everything an appsink named `name` received: (caps, buffer) per frame.
