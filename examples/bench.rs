@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
+mod driver;
+use driver::{launch, run};
+
 const REPS: usize = 3;
 
 fn cpu_time() -> Duration {
@@ -48,28 +51,6 @@ fn peak_rss_kib() -> u64 {
 
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn run(pipeline: &gst::Pipeline) {
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(600)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => {
-                panic!("{}: {}", e.error(), e.debug().unwrap_or_default())
-            }
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-}
-
-fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast()
-        .unwrap()
 }
 
 fn median(v: &mut [f64]) -> f64 {

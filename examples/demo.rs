@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
+mod driver;
+
 const CAPS: &str = "video/x-raw,format=BGRx,width=1280,height=720,framerate=30/1";
 
 #[derive(Default)]
@@ -20,10 +22,7 @@ struct Observed {
 }
 
 fn run(desc: &str, snapshot_at: u64) -> (Observed, gst::Pipeline) {
-    let pipeline = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = driver::launch(desc);
     let observed = Arc::new(Mutex::new(Observed::default()));
     for name in ["v", "k", "enc", "f"] {
         let Some(el) = pipeline.by_name(name) else {
@@ -58,21 +57,7 @@ fn run(desc: &str, snapshot_at: u64) -> (Observed, gst::Pipeline) {
                 gst::PadProbeReturn::Ok
             });
     }
-    pipeline.set_state(gst::State::Playing).unwrap();
-    for msg in pipeline
-        .bus()
-        .unwrap()
-        .iter_timed(gst::ClockTime::from_seconds(600))
-    {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => {
-                panic!("{}: {}", e.error(), e.debug().unwrap_or_default())
-            }
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    driver::run(&pipeline);
     let o = std::mem::take(&mut *observed.lock().unwrap());
     (o, pipeline)
 }

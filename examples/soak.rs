@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gst_video::prelude::*;
 
+mod driver;
+use driver::launch;
+
 const CAPS: &str = "video/x-raw,format=BGRx,width=64,height=48,framerate=30/1";
 /// Growth of the resident set tolerated between warm-up and the end of a run.
 const RSS_SLACK_KIB: u64 = 2 * 1024;
@@ -81,13 +84,6 @@ impl Report {
             self.failed += 1;
         }
     }
-}
-
-fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast()
-        .unwrap()
 }
 
 /// What a run ended with: the first error, and every warning.
