@@ -84,18 +84,20 @@ pub fn plane_layout(
         let (offset, stride) = (offsets[plane], strides[plane]);
         // The memory holding the plane's first byte.
         let mut start = 0usize;
-        let Some((memory, size)) = memory_sizes.iter().enumerate().find_map(|(i, &size)| {
-            let here = (offset >= start && offset - start < size).then_some((i, size));
-            start += size;
-            here
-        }) else {
+        let Some((memory, size, in_memory)) =
+            memory_sizes.iter().enumerate().find_map(|(i, &size)| {
+                let here =
+                    (offset >= start && offset - start < size).then(|| (i, size, offset - start));
+                start += size;
+                here
+            })
+        else {
             return Err(LayoutError::Outside {
                 plane,
                 offset,
                 size: total,
             });
         };
-        let in_memory = offset - memory_sizes[..memory].iter().sum::<usize>();
         if let Some((row, rows)) = plane_extent(info, plane) {
             if stride < 0 || (rows > 1 && (stride as usize) < row) {
                 return Err(LayoutError::Stride { plane, stride, row });

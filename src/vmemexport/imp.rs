@@ -716,13 +716,9 @@ impl BaseTransformImpl for VmemExport {
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
         let source = crate::memory::buffer_ref(inbuf);
+        // Input that already is dma-buf memory never comes here: generate_output sends it on.
         let out = match self.wrap(state, &settings, &source, inbuf, &mut stats) {
-            Ok(out) => {
-                if crate::memory::is_all_dmabuf(inbuf) {
-                    stats.passthrough += 1;
-                }
-                out
-            }
+            Ok(out) => out,
             Err(why) => {
                 gst::debug!(CAT, imp = self, "copy: {why}");
                 self.refuse(state, &settings, &why)?;
