@@ -172,7 +172,7 @@ impl VmemExport {
     fn oversize_heap(&self, state: &State, size: usize) -> Option<gst::Allocator> {
         let heap = state.heap_allocator.as_ref()?;
         if heap.check_capacity_for(size, 2).is_err()
-            && self.settings().heap == "auto"
+            && kernel::HeapSelection::parse(&self.settings().heap) == kernel::HeapSelection::Auto
             && let Ok(system) = DmaHeapAllocator::new("system")
         {
             gst::info!(
