@@ -270,9 +270,10 @@ impl DrmNode {
             .map_err(io("DRM_IOCTL_PRIME_HANDLE_TO_FD"))?;
         let _ = self.close_buffer(handle);
         let len = offset + (pitch * height) as usize;
-        let map = super::Mapping::new(&dmabuf, 0, len, false)?;
+        // SAFETY: no slice of the mapping is formed; it is read with `copy_out` only.
+        let map = unsafe { super::Mapping::new(&dmabuf, 0, len, false)? };
         super::sync_start(dmabuf.as_fd(), super::SyncAccess::Read)?;
-        let pixels = map.as_slice()[offset..len].to_vec();
+        let pixels = map.copy_out(offset, len - offset);
         super::sync_end(dmabuf.as_fd(), super::SyncAccess::Read)?;
         Ok(Scanout {
             width,

@@ -47,13 +47,18 @@ impl Memfd {
     }
 
     /// Maps the whole file shared and writable.
-    pub fn map(&self) -> Result<Mapping> {
-        Mapping::new(
+    ///
+    /// # Safety
+    /// The contract of [`Mapping::new`]: the slices of the mapping alias every other mapping
+    /// of this memfd (and its udmabuf exports).
+    pub unsafe fn map(&self) -> Result<Mapping> {
+        // SAFETY: the caller takes over Mapping::new's contract.
+        unsafe { Mapping::new(
             &self.fd,
             0,
             usize::try_from(self.size).map_err(|_| Error::Empty)?,
             true,
-        )
+        ) }
     }
 
     pub fn into_fd(self) -> OwnedFd {
