@@ -36,7 +36,7 @@ fn system_and_cma_memory_is_shared_bytes() {
         assert_eq!(allocator.is_contiguous().unwrap(), heap == CMA);
         let mut mem = allocator.alloc(100_000, None).unwrap();
         assert_eq!(mem.size(), 100_000);
-        assert_eq!(mem.maxsize() as u64, kernel::page_align(100_000));
+        assert_eq!(mem.maxsize() as u64, kernel::page_align(100_000).unwrap());
         {
             let mut map = mem.get_mut().unwrap().map_writable().unwrap();
             for (i, b) in map.iter_mut().enumerate() {
@@ -54,19 +54,12 @@ fn system_and_cma_memory_is_shared_bytes() {
         kernel::sync_start(fd, SyncAccess::Read).unwrap();
         let seen = other.copy_out(0, 100_000);
         assert!(
-            seen
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b == (i % 251) as u8),
+            seen.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
             "{heap}"
         );
         kernel::sync_end(fd, SyncAccess::Read).unwrap();
         // And so does another process that receives the fd.
-        assert_eq!(
-            checksum_in_child(fd, 100_000),
-            checksum(&seen),
-            "{heap}"
-        );
+        assert_eq!(checksum_in_child(fd, 100_000), checksum(&seen), "{heap}");
     }
 }
 
@@ -301,6 +294,48 @@ fn python_finds_the_allocator_by_name() {
     );
     assert!(
         text.contains("dmaheap: allocated 1048576 bytes of dma-buf memory"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn python_gets_none_for_zero_and_absurd_sizes() {
+    // Through PyGObject, i.e. gst_allocator_alloc from C: no abort, a None per refusal, and a
+    // real allocation still works afterwards.
+    let script = "import gi\n\
+        gi.require_version('Gst', '1.0')\n\
+        from gi.repository import Gst\n\
+        Gst.init(None)\n\
+        assert Gst.Plugin.load_by_name('vmem')\n\
+        a = Gst.Allocator.find('dmaheap')\n\
+        for size in (0, 2**62, 2**63 - 1, 2**64 - 1, 1):\n\
+        \x20   m = Gst.Allocator.alloc(a, size, None)\n\
+        \x20   print(size, 'none' if m is None else m.get_sizes()[0])\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env(
+            "GST_PLUGIN_PATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release"),
+        )
+        .output()
+        .expect("python3 in the testbed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "0 none",
+            "4611686018427387904 none",
+            "9223372036854775807 none",
+            "18446744073709551615 none",
+            "1 1"
+        ],
         "{text}"
     );
 }

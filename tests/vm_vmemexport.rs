@@ -43,9 +43,12 @@ fn same_pages(buffer: &gst::BufferRef) -> Result<(), String> {
         kernel::dmabuf_name(fd).is_some_and(|n| n.starts_with("vmemexport:")),
         "dma-buf not named after vmemexport",
     )?;
-    check(mem.offset() == 0, "V4L2 single-planar import needs offset 0")?;
     check(
-        mem.maxsize() as u64 == kernel::page_align(mem.size() as u64),
+        mem.offset() == 0,
+        "V4L2 single-planar import needs offset 0",
+    )?;
+    check(
+        mem.maxsize() as u64 == kernel::page_align(mem.size() as u64).unwrap(),
         "maxsize is not the page-rounded frame",
     )?;
     let parent = buffer
@@ -85,8 +88,10 @@ fn assert_same_pages(buffer: &gst::BufferRef) {
 /// A pad probe that checks every buffer with [`same_pages`], recording how many were checked
 /// and every failure, for assertions after the run.
 #[derive(Clone, Default)]
-#[allow(clippy::type_complexity)] // (checked, failures, caps of the last buffer)
-struct PageChecks(std::sync::Arc<std::sync::Mutex<(usize, Vec<String>, Option<gst::Caps>)>>);
+struct PageChecks(std::sync::Arc<std::sync::Mutex<Checked>>);
+
+/// Buffers checked, the failures, and the caps of the last buffer.
+type Checked = (usize, Vec<String>, Option<gst::Caps>);
 
 impl PageChecks {
     fn install(pipeline: &gst::Pipeline, at: &str) -> PageChecks {
@@ -516,4 +521,43 @@ fn dmabuf_input_passes_through() {
     assert_eq!(stat(&b, "passthrough"), 5);
     assert_eq!(stat(&b, "exported"), 0);
     assert_eq!(stat(&b, "copies"), 0);
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn propose_pool_false_leaves_upstream_its_own_memory() {
+    // With propose-pool=false upstream must allocate for itself (the copy path, on purpose),
+    // not be handed downstream's pool: kmssink's dumb buffers would otherwise be written by
+    // videotestsrc and then copied by vmemexport.
+    init();
+    let frames = 10;
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers={frames} ! {BGRX_VGA} ! vmemexport name=v propose-pool=false ! \
+         kmssink driver-name=vkms sync=false"
+    ));
+    let allocators = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let store = allocators.clone();
+    element(&pipeline, "v")
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(b) = info.buffer() {
+                store.lock().unwrap().push(
+                    b.peek_memory(0)
+                        .allocator()
+                        .map(|a| a.type_().name().to_string())
+                        .unwrap_or_else(|| "none".into()),
+                );
+            }
+            gst::PadProbeReturn::Ok
+        });
+    run(&pipeline);
+    let allocators = allocators.lock().unwrap();
+    assert_eq!(allocators.len(), frames);
+    assert!(
+        allocators.iter().all(|a| !a.contains("KMS")),
+        "upstream was handed kmssink's pool: {allocators:?}"
+    );
+    let v = element(&pipeline, "v");
+    assert_eq!(stat(&v, "copies"), frames as u64);
 }

@@ -145,6 +145,16 @@ impl LogCapture {
             .count()
     }
 
+    /// Every captured message, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
     pub fn clear(&self) {
         self.lines.lock().unwrap().clear();
     }
