@@ -240,3 +240,35 @@ pub fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
     // SAFETY: `mem` is a valid memory; from_glib_none takes a new reference.
     unsafe { from_glib_none(mem.as_ptr()) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_failures_are_classified_by_cause() {
+        let err = |e: kernel::Error| AllocError::Kernel(e).resource_error();
+        assert_eq!(
+            err(kernel::Error::FdExhausted { op: "memfd_create" }),
+            gst::ResourceError::Failed
+        );
+        assert_eq!(
+            err(kernel::Error::PermissionDenied {
+                path: "/dev/dma_heap/system".into(),
+                hint: String::new()
+            }),
+            gst::ResourceError::NotAuthorized
+        );
+        assert_eq!(
+            err(kernel::Error::OutOfMemory {
+                op: "DMA_HEAP_IOCTL_ALLOC",
+                hint: String::new()
+            }),
+            gst::ResourceError::NoSpaceLeft
+        );
+        assert_eq!(
+            AllocError::Size("0 bytes".into()).resource_error(),
+            gst::ResourceError::Failed
+        );
+    }
+}
