@@ -205,9 +205,12 @@ fn kmssink_copies_behind_a_tee_without_vmemexport() {
     init();
     let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);
     let pipeline = launch(&format!(
-        "videotestsrc num-buffers=10 ! {BGRX_VGA} ! tee ! queue ! kmssink driver-name=vkms sync=false"
+        "videotestsrc num-buffers=10 ! {BGRX_VGA} ! tee ! queue ! kmssink name=k driver-name=vkms sync=false"
     ));
+    let proof = ScanoutProof::install(&pipeline, "k");
     run(&pipeline);
+    // The scanout proof tells the copy apart: kmssink shows its own dumb buffer.
+    assert!(!proof.on_screen_is_received("tee ! kmssink"));
     // 10 frames and the preroll frame, each copied into a dumb buffer.
     assert_eq!(log.count("GST_PERFORMANCE", "frame copy"), 11);
     assert_eq!(log.count("kmssink", "setting KMS mem"), 0);

@@ -326,17 +326,25 @@ impl ScanoutProof {
         proof
     }
 
+    /// Whether the frame on screen at EOS was one of the dma-bufs the display received;
+    /// panics if the scanout could not be read.
+    pub fn on_screen_is_received(&self, what: &str) -> bool {
+        let seen = self.0.lock().unwrap();
+        match &seen.on_screen {
+            Some(Ok(ino)) => seen.received.contains(ino),
+            Some(Err(e)) => panic!("{what}: cannot read the scanout: {e}"),
+            None => panic!("{what}: EOS never reached the display"),
+        }
+    }
+
     /// Panics (outside the probe) unless the frame on screen at EOS was one of the dma-bufs
     /// the display received.
     pub fn assert_on_screen(&self, what: &str) {
+        let ours = self.on_screen_is_received(what);
         let seen = self.0.lock().unwrap();
-        let on_screen = match &seen.on_screen {
-            Some(Ok(ino)) => *ino,
-            Some(Err(e)) => panic!("{what}: cannot read the scanout: {e}"),
-            None => panic!("{what}: EOS never reached the display"),
-        };
+        let on_screen = seen.on_screen.clone().unwrap().unwrap();
         assert!(
-            seen.received.contains(&on_screen),
+            ours,
             "{what}: the display scans out dma-buf inode {on_screen}, not one of the {} it received",
             seen.received.len()
         );
