@@ -301,8 +301,7 @@ static int vmemexp_check_vmas(struct mm_struct *mm, unsigned long start,
 		}
 		/* Shared file pages that need writeback cannot be pinned. */
 		if ((vma->vm_flags & VM_SHARED) && vma->vm_file &&
-		    !shmem_file(vma->vm_file) &&
-		    !is_file_hugepages(vma->vm_file)) {
+		    !is_vm_hugetlb_page(vma) && !shmem_file(vma->vm_file)) {
 			ret = -EOPNOTSUPP;
 			break;
 		}
