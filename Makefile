@@ -64,6 +64,7 @@ test:
 	tests/vm/setup host
 	$(MAKE) lint host-test meson-check vm-tests
 	tests/vm/setup all
+	tests/vm/run-args-test
 	$(MAKE) checkpatch module
 	tests/vm/check-all $(USERLANDS)
 
