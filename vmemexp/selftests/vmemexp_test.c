@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -24,6 +25,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -950,6 +954,92 @@ static int vkms_pipe(int drm, uint32_t *conn_id, uint32_t *crtc_id,
 	FAIL("no connected vkms connector with a 640x480 mode");
 }
 
+static int set_crtc(int drm, uint32_t crtc_id, uint32_t conn,
+		    const struct drm_mode_modeinfo *mode, uint32_t fb_id)
+{
+	struct drm_mode_crtc c = { .crtc_id = crtc_id, .fb_id = fb_id };
+
+	if (fb_id) {
+		c.set_connectors_ptr = (uintptr_t)&conn;
+		c.count_connectors = 1;
+		c.mode = *mode;
+		c.mode_valid = 1;
+	}
+	return ioctl(drm, DRM_IOCTL_MODE_SETCRTC, &c) ? -errno : 0;
+}
+
+/*
+ * The CRC vkms computes over what it composed (debugfs crtc-0/crc): the
+ * pixels it read from the plane's framebuffer through its vmap.
+ */
+static int vkms_crc(int drm, uint32_t *crc)
+{
+	char dir[96], path[128], line[64];
+	uint32_t frame, value = 0;
+	struct stat st;
+	int ctl, data, n = 0;
+
+	ASSERT(fstat(drm, &st) == 0);
+	snprintf(dir, sizeof(dir), "/sys/kernel/debug/dri/%u/crtc-0/crc", minor(st.st_rdev));
+	if (access(dir, F_OK))
+		mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
+	snprintf(path, sizeof(path), "%s/control", dir);
+	ctl = open(path, O_WRONLY | O_CLOEXEC);
+	if (ctl < 0)
+		FAIL("%s: %s", path, strerror(errno));
+	ASSERT(write(ctl, "auto", 4) == 4);
+	close(ctl);
+	snprintf(path, sizeof(path), "%s/data", dir);
+	data = open(path, O_RDONLY | O_CLOEXEC);
+	if (data < 0)
+		FAIL("%s: %s", path, strerror(errno));
+	/* A few frames: the first may have been composed before the last flip. */
+	for (int i = 0; i < 4; i++) {
+		struct pollfd pfd = { .fd = data, .events = POLLIN };
+		ssize_t len;
+
+		if (poll(&pfd, 1, 30000) != 1)
+			break;
+		len = read(data, line, sizeof(line) - 1);
+		if (len <= 0)
+			break;
+		line[len] = 0;
+		if (sscanf(line, "%x %x", &frame, &value) != 2)
+			break;
+		n++;
+	}
+	close(data);
+	if (n < 4)
+		FAIL("only %d vkms CRC entries", n);
+	*crc = value;
+	return 0;
+}
+
+/* A vkms dumb buffer framebuffer filled like the export, for a reference CRC. */
+static int dumb_fb(int drm, uint32_t w, uint32_t h, uint32_t seed,
+		   uint32_t *handle, uint32_t *fb_id)
+{
+	struct drm_mode_create_dumb c = { .width = w, .height = h, .bpp = 32 };
+	struct drm_mode_map_dumb m = { 0 };
+	struct drm_mode_fb_cmd2 fb = { .width = w, .height = h, .pixel_format = 0x34325258 };
+	void *p;
+
+	ASSERT(ioctl(drm, DRM_IOCTL_MODE_CREATE_DUMB, &c) == 0);
+	ASSERT(c.pitch == w * 4);
+	m.handle = c.handle;
+	ASSERT(ioctl(drm, DRM_IOCTL_MODE_MAP_DUMB, &m) == 0);
+	p = mmap(NULL, c.size, PROT_READ | PROT_WRITE, MAP_SHARED, drm, m.offset);
+	ASSERT(p != MAP_FAILED);
+	fill(p, (size_t)w * 4 * h, seed);
+	munmap(p, c.size);
+	fb.handles[0] = c.handle;
+	fb.pitches[0] = c.pitch;
+	ASSERT(ioctl(drm, DRM_IOCTL_MODE_ADDFB2, &fb) == 0);
+	*handle = c.handle;
+	*fb_id = fb.fb_id;
+	return 0;
+}
+
 static int t_prime_vkms_scanout(void)
 {
 	const uint32_t w = 640, hgt = 480, pitch = w * 4;
@@ -960,11 +1050,12 @@ static int t_prime_vkms_scanout(void)
 		.width = w, .height = hgt,
 		.pixel_format = 0x34325258, /* XR24 */
 	};
-	struct drm_mode_crtc crtc = { 0 };
 	struct drm_mode_modeinfo mode;
 	struct drm_gem_close gc = { 0 };
-	uint32_t conn = 0, crtc_id = 0;
-	int drm = open_drm("vkms", "card"), fd, ret;
+	struct drm_mode_destroy_dumb dd = { 0 };
+	uint32_t conn = 0, crtc_id = 0, ref_handle = 0, ref_fb = 0, other_handle = 0, other_fb = 0;
+	uint32_t crc_ours = 0, crc_ref = 0, crc_other = 0;
+	int drm = open_drm("vkms", "card"), fd, ret = -1;
 
 	ASSERT(user && drm >= 0);
 	fill(user, len, 22);
@@ -976,22 +1067,27 @@ static int t_prime_vkms_scanout(void)
 	fb.pitches[0] = pitch;
 	if (ioctl(drm, DRM_IOCTL_MODE_ADDFB2, &fb))
 		FAIL("vkms ADDFB2 XR24 640x480: %s", strerror(errno));
-	/* Scanning it out makes vkms vmap the dma-buf and read it. */
 	ASSERT(vkms_pipe(drm, &conn, &crtc_id, &mode) == 0);
-	crtc.crtc_id = crtc_id;
-	crtc.fb_id = fb.fb_id;
-	crtc.set_connectors_ptr = (uintptr_t)&conn;
-	crtc.count_connectors = 1;
-	crtc.mode = mode;
-	crtc.mode_valid = 1;
-	ret = ioctl(drm, DRM_IOCTL_MODE_SETCRTC, &crtc) ? -errno : 0;
-	if (ret)
-		diag("vkms SETCRTC with the imported framebuffer: %s", strerror(-ret));
-	usleep(100 * 1000);
-	memset(&crtc, 0, sizeof(crtc));
-	crtc.crtc_id = crtc_id;
-	ioctl(drm, DRM_IOCTL_MODE_SETCRTC, &crtc);
+	ASSERT(dumb_fb(drm, w, hgt, 22, &ref_handle, &ref_fb) == 0);
+	ASSERT(dumb_fb(drm, w, hgt, 23, &other_handle, &other_fb) == 0);
+	/* Scanning the export out makes vkms vmap the dma-buf and read it. */
+	if (set_crtc(drm, crtc_id, conn, &mode, fb.fb_id))
+		diag("vkms SETCRTC with the imported framebuffer: %s", strerror(errno));
+	else if (!vkms_crc(drm, &crc_ours) &&
+		 !set_crtc(drm, crtc_id, conn, &mode, ref_fb) && !vkms_crc(drm, &crc_ref) &&
+		 !set_crtc(drm, crtc_id, conn, &mode, other_fb) && !vkms_crc(drm, &crc_other)) {
+		diag("vkms CRCs: export 0x%08x, same pixels in a dumb buffer 0x%08x, other pixels 0x%08x",
+		     crc_ours, crc_ref, crc_other);
+		ret = crc_ours == crc_ref && crc_ours != crc_other ? 0 : -1;
+	}
+	set_crtc(drm, crtc_id, 0, NULL, 0);
 	ASSERT(ioctl(drm, DRM_IOCTL_MODE_RMFB, &fb.fb_id) == 0);
+	ASSERT(ioctl(drm, DRM_IOCTL_MODE_RMFB, &ref_fb) == 0);
+	ASSERT(ioctl(drm, DRM_IOCTL_MODE_RMFB, &other_fb) == 0);
+	dd.handle = ref_handle;
+	ioctl(drm, DRM_IOCTL_MODE_DESTROY_DUMB, &dd);
+	dd.handle = other_handle;
+	ioctl(drm, DRM_IOCTL_MODE_DESTROY_DUMB, &dd);
 	gc.handle = h.handle;
 	ASSERT(ioctl(drm, DRM_IOCTL_GEM_CLOSE, &gc) == 0);
 	close(fd);
