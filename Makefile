@@ -7,7 +7,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint host-test meson-check vm-tests vm-test vm-ready test bench soak demo clean
+.PHONY: all build setup lint checkpatch module host-test meson-check vm-tests vm-test vm-ready test bench soak demo clean
 
 all: build
 
@@ -20,6 +20,20 @@ build:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# vmemexp/ is kernel code: kernel coding style, by the kernel's checkpatch.pl (from the testbed's
+# kernel source). compat.h holds the LINUX_VERSION_CODE guards by design; the selftest's ASSERT
+# returns from the test like kselftest_harness.h's do.
+CHECKPATCH = perl $$(tests/vm/setup kernel-source)/scripts/checkpatch.pl --no-tree -q -f
+checkpatch:
+	$(CHECKPATCH) vmemexp/vmemexp.c vmemexp/include/uapi/linux/vmemexp.h
+	$(CHECKPATCH) --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON vmemexp/compat.h
+	$(CHECKPATCH) --ignore MACRO_WITH_FLOW_CONTROL vmemexp/selftests/vmemexp_test.c
+	@echo "checkpatch: vmemexp/ clean"
+
+# vmemexp.ko for the testbed kernel and its selftest, in target/vmemexp/.
+module:
+	tests/vm/setup module >/dev/null
 
 host-test:
 	$(CARGO) test
@@ -43,7 +57,7 @@ vm-tests: build
 	cc -O2 -Wall -Werror examples/c/vmem_pipeline.c -o target/examples-c/vmem_pipeline \
 	  $$(pkg-config --cflags --libs gstreamer-1.0 gstreamer-allocators-1.0)
 
-vm-test: vm-tests
+vm-test: vm-tests module
 	tests/vm/check-all $(USERLANDS)
 
 test:
@@ -51,6 +65,7 @@ test:
 	$(MAKE) lint host-test meson-check vm-tests
 	tests/vm/setup all
 	tests/vm/run-args-test
+	$(MAKE) checkpatch module
 	tests/vm/check-all $(USERLANDS)
 
 # What make demo, bench and soak need: the testbed for USERLAND and the release build.
