@@ -20,7 +20,7 @@ pub use self::dmabuf::{
     SYNC_TIMEOUT, SyncAccess, dmabuf_name, dmabuf_size, idle_dmabufs, read_dmabuf, set_dmabuf_name,
     sync_end, sync_start, sync_start_within, wait_idle,
 };
-pub use self::drm::{DrmNode, GemHandle, Scanout};
+pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, Scanout, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
 pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
 pub use self::memfd::Memfd;
