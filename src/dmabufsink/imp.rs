@@ -536,8 +536,12 @@ impl BaseSinkImpl for DmabufSink {
         // Errors and warnings are posted with no lock held: a bus sync handler runs in this
         // thread and may read `stats`, which takes the state lock.
         let settings = self.settings.lock().unwrap().clone();
-        let mut stats = *self.stats.lock().unwrap();
-        stats.frames += 1;
+        // Counted at once, so a message about this frame comes with stats that include it.
+        let mut stats = {
+            let mut s = self.stats.lock().unwrap();
+            s.frames += 1;
+            *s
+        };
         let frame_number = stats.frames;
 
         if !crate::memory::is_all_dmabuf(buffer) {
