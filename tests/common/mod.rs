@@ -145,6 +145,17 @@ impl LogCapture {
             .count()
     }
 
+    /// The captured messages of `category` that contain `needle`.
+    pub fn matching(&self, category: &str, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, m)| c == category && m.contains(needle))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
     pub fn clear(&self) {
         self.lines.lock().unwrap().clear();
     }
