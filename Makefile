@@ -50,6 +50,7 @@ test:
 	tests/vm/setup host
 	$(MAKE) lint host-test meson-check vm-tests
 	tests/vm/setup all
+	tests/vm/run-args-test
 	tests/vm/check-all $(USERLANDS)
 
 # What make demo, bench and soak need: the testbed for USERLAND and the release build.

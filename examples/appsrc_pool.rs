@@ -25,7 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let caps = info.to_caps()?;
     let pipeline = gst::parse::launch(&format!(
-        "appsrc name=src format=time ! vmemexport name=v ! {sink}"
+        // block=true: a push waits while appsrc's queue is full (max-bytes), so the app never
+        // runs ahead of the display and the pool stays a handful of buffers.
+        "appsrc name=src format=time block=true ! vmemexport name=v ! {sink}"
     ))?
     .downcast::<gst::Pipeline>()
     .unwrap();

@@ -3,6 +3,10 @@
 //! `video/x-raw(memory:DMABuf), format=DMA_DRM, drm-format=<FOURCC>` on GStreamer >= 1.24
 //! (detected at run time), the legacy `video/x-raw(memory:DMABuf), format=<FORMAT>`, and plain
 //! `video/x-raw` carrying dma-buf memory (what 1.22-era kmssink and v4l2 elements accept).
+//!
+//! Every raw format the running GStreamer knows goes through: formats with a DRM fourcc in
+//! all three forms, the others (no fourcc, e.g. 4:4:4 10-bit or tiled layouts) in the legacy
+//! and plain forms, so inserting vmemexport never makes a pipeline fail to negotiate.
 
 use std::sync::LazyLock;
 
@@ -11,9 +15,9 @@ use gst_video::VideoFormat;
 /// The caps feature of dma-buf memory.
 pub const CAPS_FEATURE_DMABUF: &str = "memory:DMABuf";
 
-/// Single-buffer formats with a DRM fourcc, in GStreamer's mapping (video-info-dma.c, where
-/// GRAY8 appeared in 1.26). Linear only: a linear buffer's drm-format is the fourcc alone
-/// ("NV12"); "NV12:0x0000000000000000" is rejected by GStreamer's parser.
+/// Formats with a DRM fourcc, in GStreamer's own mapping (video-info-dma.c of 1.24-1.28; GRAY8
+/// appeared in 1.26). Linear only: a linear buffer's drm-format is the fourcc alone ("NV12");
+/// "NV12:0x0000000000000000" is rejected by GStreamer's parser.
 const TABLE: &[(VideoFormat, &str)] = &[
     (VideoFormat::Nv12, "NV12"),
     (VideoFormat::Nv21, "NV21"),
@@ -42,6 +46,16 @@ const TABLE: &[(VideoFormat, &str)] = &[
     (VideoFormat::Bgr16, "BG16"),
     (VideoFormat::Gray8, "R8  "),
     (VideoFormat::P01010le, "P010"),
+    (VideoFormat::P012Le, "P012"),
+    (VideoFormat::Vuya, "AYUV"),
+    (VideoFormat::Yuv9, "YUV9"),
+    (VideoFormat::Yvu9, "YVU9"),
+    (VideoFormat::Y41b, "YU11"),
+    (VideoFormat::Y410, "Y410"),
+    (VideoFormat::Y412Le, "Y412"),
+    (VideoFormat::Y210, "Y210"),
+    (VideoFormat::Y212Le, "Y212"),
+    (VideoFormat::Bgr10a2Le, "AR30"),
 ];
 
 /// The DRM fourcc string (as in caps) of a GStreamer format.
@@ -69,9 +83,43 @@ pub fn drm_caps_str(format: VideoFormat) -> Option<&'static str> {
     drm_fourcc_str(format)
 }
 
-/// Every format this plugin handles.
-pub fn formats() -> impl Iterator<Item = VideoFormat> {
+/// The formats that have a DRM fourcc (and so a DMA_DRM form).
+pub fn drm_formats() -> impl Iterator<Item = VideoFormat> {
     TABLE.iter().map(|(f, _)| *f)
+}
+
+/// Every raw video format the running GStreamer knows (`gst_video_formats_raw`, so a newer
+/// GStreamer's formats are included even though we build against 1.22): all of them pass
+/// through vmemexport, DMA_DRM or not.
+pub fn formats() -> impl Iterator<Item = VideoFormat> {
+    static ALL: LazyLock<Vec<VideoFormat>> = LazyLock::new(|| {
+        use gst::glib::translate::FromGlib;
+        let mut len = 0u32;
+        // SAFETY: returns a static array of `len` formats owned by GStreamer.
+        let raw = unsafe {
+            let ptr = gst_video::ffi::gst_video_formats_raw(&mut len);
+            if ptr.is_null() {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(ptr, len as usize)
+            }
+        };
+        let mut all: Vec<VideoFormat> = raw
+            .iter()
+            // SAFETY: values from GStreamer's own format list.
+            .map(|&f| unsafe { VideoFormat::from_glib(f) })
+            .filter(|f| !matches!(f.to_str().as_str(), "UNKNOWN" | "ENCODED" | "DMA_DRM"))
+            .collect();
+        // Ours first, in the table's order (preferred when a peer leaves the choice open).
+        all.sort_by_key(|f| {
+            TABLE
+                .iter()
+                .position(|(t, _)| t == f)
+                .unwrap_or(TABLE.len())
+        });
+        all
+    });
+    ALL.iter().copied()
 }
 
 /// Whether the running GStreamer (not the one we built against) knows `format=DMA_DRM` caps.
@@ -88,7 +136,7 @@ fn format_list() -> gst::List {
 }
 
 fn drm_format_list() -> gst::List {
-    gst::List::new(formats().filter_map(drm_caps_str))
+    gst::List::new(drm_formats().filter_map(drm_caps_str))
 }
 
 /// Plain system-memory caps for all our formats.
@@ -161,14 +209,14 @@ fn string_values(s: &gst::StructureRef, field: &str) -> Option<Vec<String>> {
     })
 }
 
-/// The formats of ours a structure allows (all of them when it says nothing).
+/// The raw formats a structure allows (all of them when it says nothing).
 fn allowed_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
     match string_values(s, "format") {
         None => formats().collect(),
         Some(names) => names
             .iter()
             .map(|n| VideoFormat::from_string(n))
-            .filter(|f| drm_fourcc_str(*f).is_some())
+            .filter(|f| formats().any(|k| k == *f))
             .collect(),
     }
 }
@@ -176,7 +224,7 @@ fn allowed_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
 /// The formats of ours a DMA_DRM structure's `drm-format` allows (all when it says nothing).
 fn allowed_drm_formats(s: &gst::StructureRef) -> Vec<VideoFormat> {
     match string_values(s, "drm-format") {
-        None => formats().collect(),
+        None => drm_formats().collect(),
         Some(names) => names
             .iter()
             .filter_map(|n| format_from_drm_str(n))
@@ -309,7 +357,7 @@ mod tests {
 
     #[test]
     fn fourccs_round_trip() {
-        for f in formats() {
+        for f in drm_formats() {
             let s = drm_caps_str(f).unwrap();
             assert_eq!(format_from_drm_str(s), Some(f), "{f:?}");
         }
@@ -322,11 +370,54 @@ mod tests {
     }
 
     #[test]
+    fn every_raw_format_is_handled() {
+        init();
+        let all: Vec<VideoFormat> = formats().collect();
+        // GStreamer 1.22 already knows over 100 raw formats; each is in our caps.
+        assert!(all.len() > 100, "{}", all.len());
+        for f in [
+            VideoFormat::Y44410le,
+            VideoFormat::I42010le,
+            VideoFormat::Nv1264z32,
+            VideoFormat::Gray16Le,
+            VideoFormat::Bgrx,
+        ] {
+            assert!(all.contains(&f), "{f:?}");
+        }
+        assert!(drm_formats().all(|f| all.contains(&f)));
+        // Formats with a fourcc come first, in the table's order.
+        assert_eq!(all[0], VideoFormat::Nv12);
+        let sys = sysmem_caps();
+        let list = sys
+            .structure(0)
+            .unwrap()
+            .get::<gst::List>("format")
+            .unwrap();
+        assert_eq!(list.len(), all.len());
+    }
+
+    #[test]
+    fn formats_without_a_fourcc_leave_as_legacy_dmabuf_and_plain() {
+        init();
+        let caps: gst::Caps = "video/x-raw, format=Y444_10LE, width=320, height=240"
+            .parse()
+            .unwrap();
+        let out = sysmem_to_dmabuf(&caps);
+        let kinds: Vec<CapsKind> = out
+            .iter_with_features()
+            .map(|(s, f)| caps_kind(s, Some(f)))
+            .collect();
+        assert_eq!(kinds, [CapsKind::DmaBufLegacy, CapsKind::Plain]);
+        assert!(dmabuf_caps().can_intersect(&out));
+        assert!(sysmem_caps().can_intersect(&caps));
+    }
+
+    #[test]
     fn the_issue_list_is_covered() {
         use VideoFormat::*;
         for f in [
             Nv12, I420, Yv12, Nv16, Yuy2, Uyvy, Bgrx, Bgra, Rgbx, Rgba, Xrgb, Argb, Rgb16, Gray8,
-            P01010le,
+            P01010le, P012Le, Y210, Y212Le, Y410, Y412Le, Bgr10a2Le, Vuya, Y41b,
         ] {
             assert!(drm_fourcc(f).is_some(), "{f:?}");
         }
@@ -412,11 +503,11 @@ mod tests {
         init();
         for format in formats() {
             for (w, h) in [(1, 1), (2, 2), (321, 241), (1920, 1080), (8192, 4320)] {
-                let sys = gst_video::VideoInfo::builder(format, w, h)
-                    .build()
-                    .unwrap()
-                    .to_caps()
-                    .unwrap();
+                // Some layouts (tiles, subsampling) have no frame of this size at all.
+                let Ok(info) = gst_video::VideoInfo::builder(format, w, h).build() else {
+                    continue;
+                };
+                let sys = info.to_caps().unwrap();
                 let dma = sysmem_to_dmabuf(&sys);
                 assert!(!dma.is_empty(), "{format:?}");
                 for (s, f) in dma.iter_with_features() {

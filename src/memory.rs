@@ -20,7 +20,7 @@ pub fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize
     let total = size
         .checked_add(params.prefix())?
         .checked_add(params.padding())?;
-    usize::try_from(kernel::page_align(total as u64)).ok()
+    usize::try_from(kernel::page_align(total as u64)?).ok()
 }
 
 /// The element an allocator works for. A pool whose allocation fails returns only
@@ -42,8 +42,9 @@ impl AllocOwner {
 /// The body of an fd-backed allocator's `alloc`: `make_fd(maxsize)` creates the backing fd
 /// of `maxsize` bytes (whole pages, room for `params`' prefix and padding), which becomes a
 /// memory of `allocator` whose data starts at the prefix and is `size` bytes long. Failures
-/// are logged on `cat`, posted as an error of `owner` if there is one, and give NULL, as
-/// GstAllocator's `alloc` reports them.
+/// (a zero or absurd size included) are logged on `cat`, posted as an error of `owner` if
+/// there is one, and give NULL, as GstAllocator's `alloc` reports them. It is called from C
+/// (`gst_allocator_alloc`), so a panic is caught here and becomes NULL too.
 pub fn alloc_fd_memory(
     allocator: &impl IsA<gst_allocators::FdAllocator>,
     cat: gst::DebugCategory,
@@ -53,38 +54,96 @@ pub fn alloc_fd_memory(
     flags: gst_allocators::FdMemoryFlags,
     make_fd: impl FnOnce(usize) -> Result<OwnedFd, kernel::Error>,
 ) -> *mut gst::ffi::GstMemory {
-    let result = backing_size(size, params)
-        .ok_or_else(|| "size overflows".to_string())
-        .and_then(|maxsize| {
-            make_fd(maxsize)
-                .map(|fd| (fd, maxsize))
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|(fd, maxsize)| {
-            // SAFETY: the fd is valid and owned; the memory takes it over and closes it when
-            // freed.
-            unsafe { allocator.alloc_fd(fd.into_raw_fd(), maxsize, flags) }
-                .map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(mut mem) => {
-            mem.get_mut()
-                .expect("a fresh memory is writable")
-                .resize(params.prefix()..params.prefix() + size);
-            mem.into_glib_ptr()
-        }
-        Err(err) => {
-            gst::error!(cat, obj = allocator, "cannot allocate {size} bytes: {err}");
-            if let Some(owner) = owner.get() {
-                gst::element_error!(
-                    owner,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("Cannot allocate a {size}-byte frame: {err}")
-                );
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        alloc_fd(allocator, size, params, flags, make_fd)
+    }));
+    let err = match attempt {
+        Ok(Ok(mem)) => return mem.into_glib_ptr(),
+        Ok(Err(err)) => err,
+        Err(_) => AllocError::Bug,
+    };
+    gst::error!(cat, obj = allocator, "cannot allocate {size} bytes: {err}");
+    // A request no one can satisfy is the caller's bug, reported to it by NULL; an element
+    // error is for what the system lacks (memory, fds, permissions), which the user can fix.
+    if !matches!(err, AllocError::Size(_))
+        && let Some(owner) = owner.get()
+    {
+        let text = format!("Cannot allocate a {size}-byte frame: {err}");
+        match err.resource_error() {
+            gst::ResourceError::NotAuthorized => {
+                gst::element_error!(owner, gst::ResourceError::NotAuthorized, ("{text}"))
             }
-            std::ptr::null_mut()
+            gst::ResourceError::NotFound => {
+                gst::element_error!(owner, gst::ResourceError::NotFound, ("{text}"))
+            }
+            gst::ResourceError::NoSpaceLeft => {
+                gst::element_error!(owner, gst::ResourceError::NoSpaceLeft, ("{text}"))
+            }
+            _ => gst::element_error!(owner, gst::ResourceError::Failed, ("{text}")),
         }
     }
+    std::ptr::null_mut()
+}
+
+/// Why an fd-backed allocation failed.
+#[derive(Debug, thiserror::Error)]
+enum AllocError {
+    #[error("{0}")]
+    Size(String),
+    #[error(transparent)]
+    Kernel(#[from] kernel::Error),
+    #[error("{0}")]
+    Gst(String),
+    #[error("internal error (a panic in the allocator); please report it")]
+    Bug,
+}
+
+impl AllocError {
+    /// The GStreamer error domain code that says what failed.
+    fn resource_error(&self) -> gst::ResourceError {
+        match self {
+            AllocError::Kernel(e) => match e {
+                kernel::Error::PermissionDenied { .. } => gst::ResourceError::NotAuthorized,
+                kernel::Error::DeviceMissing { .. } | kernel::Error::HeapNotFound { .. } => {
+                    gst::ResourceError::NotFound
+                }
+                kernel::Error::OutOfMemory { .. } | kernel::Error::TooLarge { .. } => {
+                    gst::ResourceError::NoSpaceLeft
+                }
+                // Fd exhaustion and the rest: the text names the cause and the fix.
+                _ => gst::ResourceError::Failed,
+            },
+            _ => gst::ResourceError::Failed,
+        }
+    }
+}
+
+fn alloc_fd(
+    allocator: &impl IsA<gst_allocators::FdAllocator>,
+    size: usize,
+    params: &gst::AllocationParams,
+    flags: gst_allocators::FdMemoryFlags,
+    make_fd: impl FnOnce(usize) -> Result<OwnedFd, kernel::Error>,
+) -> Result<gst::Memory, AllocError> {
+    if size == 0 {
+        return Err(AllocError::Size("0 bytes: nothing to allocate".into()));
+    }
+    // Real frames are far below this; anything larger is a corrupt size, not a request.
+    let maxsize = backing_size(size, params)
+        .filter(|&m| m <= isize::MAX as usize)
+        .ok_or_else(|| {
+            AllocError::Size(format!(
+                "{size} bytes (with prefix and padding, in whole pages) exceed the address space"
+            ))
+        })?;
+    let fd = make_fd(maxsize)?;
+    // SAFETY: the fd is valid and owned; the memory takes it over and closes it when freed.
+    let mut mem = unsafe { allocator.alloc_fd(fd.into_raw_fd(), maxsize, flags) }
+        .map_err(|e| AllocError::Gst(e.to_string()))?;
+    mem.get_mut()
+        .ok_or_else(|| AllocError::Gst("a fresh memory is not writable".into()))?
+        .resize(params.prefix()..params.prefix() + size);
+    Ok(mem)
 }
 
 /// The one quark under which vmemexport caches a memory's dma-buf export.
@@ -260,4 +319,36 @@ pub fn buffer_ref(buffer: &gst::BufferRef) -> gst::Buffer {
 pub fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
     // SAFETY: `mem` is a valid memory; from_glib_none takes a new reference.
     unsafe { from_glib_none(mem.as_ptr()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_failures_are_classified_by_cause() {
+        let err = |e: kernel::Error| AllocError::Kernel(e).resource_error();
+        assert_eq!(
+            err(kernel::Error::FdExhausted { op: "memfd_create" }),
+            gst::ResourceError::Failed
+        );
+        assert_eq!(
+            err(kernel::Error::PermissionDenied {
+                path: "/dev/dma_heap/system".into(),
+                hint: String::new()
+            }),
+            gst::ResourceError::NotAuthorized
+        );
+        assert_eq!(
+            err(kernel::Error::OutOfMemory {
+                op: "DMA_HEAP_IOCTL_ALLOC",
+                hint: String::new()
+            }),
+            gst::ResourceError::NoSpaceLeft
+        );
+        assert_eq!(
+            AllocError::Size("0 bytes".into()).resource_error(),
+            gst::ResourceError::Failed
+        );
+    }
 }

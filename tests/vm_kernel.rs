@@ -17,7 +17,8 @@ fn udmabuf() -> Udmabuf {
 
 fn filled_memfd(pages: u64, seed: u8) -> (Memfd, Mapping) {
     let memfd = Memfd::new("vm-kernel-test", pages * page()).unwrap();
-    let mut map = memfd.map().unwrap();
+    // SAFETY: the test is the only user of these pages while it holds the slices.
+    let mut map = unsafe { memfd.map() }.unwrap();
     for (i, b) in map.as_mut_slice().iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
     }
@@ -25,9 +26,10 @@ fn filled_memfd(pages: u64, seed: u8) -> (Memfd, Mapping) {
 }
 
 fn read_dmabuf(fd: BorrowedFd<'_>, len: u64) -> Vec<u8> {
-    let map = Mapping::new(fd, 0, len as usize, false).unwrap();
+    // SAFETY: read with copy_out only.
+    let map = unsafe { Mapping::new(fd, 0, len as usize, false) }.unwrap();
     sync_start(fd, SyncAccess::Read).unwrap();
-    let bytes = map.as_slice().to_vec();
+    let bytes = map.copy_out(0, len as usize);
     sync_end(fd, SyncAccess::Read).unwrap();
     bytes
 }
@@ -247,7 +249,8 @@ fn heaps_of_the_testbed_allocate_map_and_name() {
         let fd: OwnedFd = heap.allocate(1 << 20).unwrap();
         assert_cloexec(fd.as_fd(), "heap dma-buf");
         assert_eq!(dmabuf_size(fd.as_fd()).unwrap(), 1 << 20);
-        let mut map = Mapping::new(&fd, 0, 1 << 20, true).unwrap();
+        // SAFETY: a fresh heap buffer that only this test maps.
+        let mut map = unsafe { Mapping::new(&fd, 0, 1 << 20, true) }.unwrap();
         sync_start(fd.as_fd(), SyncAccess::Write).unwrap();
         map.as_mut_slice().fill(0x5a);
         sync_end(fd.as_fd(), SyncAccess::Write).unwrap();

@@ -52,7 +52,12 @@ impl DmaHeapAllocator {
     /// Like [`check_capacity`](Self::check_capacity), for `count` buffers held at once.
     pub fn check_capacity_for(&self, size: usize, count: usize) -> Result<(), kernel::Error> {
         let heap = self.imp().heap()?;
-        let size = kernel::page_align(size as u64) as usize;
+        let size = kernel::page_align(size as u64)
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(|| kernel::Error::OutOfMemory {
+                op: "dma-heap allocation",
+                hint: format!(": {size} bytes cannot be rounded up to whole pages"),
+            })?;
         let held = (0..count)
             .map(|_| heap.allocate(size))
             .collect::<Result<Vec<_>, _>>()?;

@@ -104,12 +104,14 @@ pub fn sync_end(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
 
 /// Reads the first `len` bytes of a dma-buf through a mapping of its own, bracketed by
 /// `DMA_BUF_IOCTL_SYNC` as the dma-buf API asks of CPU readers.
+/// The bytes are copied out first: others (the producer, devices) may write them meanwhile.
 pub fn read_dmabuf<R>(fd: BorrowedFd<'_>, len: usize, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
-    let map = super::Mapping::new(fd, 0, len, false)?;
+    // SAFETY: no slice of the mapping is formed; it is read with `copy_out` only.
+    let map = unsafe { super::Mapping::new(fd, 0, len, false)? };
     sync_start(fd, SyncAccess::Read)?;
-    let result = read(map.as_slice());
+    let bytes = map.copy_out(0, len);
     sync_end(fd, SyncAccess::Read)?;
-    Ok(result)
+    Ok(read(&bytes))
 }
 
 /// The dma-buf's size in bytes (dma-bufs answer `lseek(SEEK_END)`).

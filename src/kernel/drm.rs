@@ -299,6 +299,30 @@ impl DrmNode {
     /// buffer and an mmap): what the display actually scans out. Needs CAP_SYS_ADMIN or DRM
     /// master for GETFB2 to return buffer handles.
     pub fn read_scanout(&self) -> Result<Scanout> {
+        let (dmabuf, info) = self.scanout_dmabuf()?;
+        let (width, height) = info.size();
+        let pitch = info.pitches()[0];
+        let offset = info.offsets()[0] as usize;
+        let len = offset + (pitch * height) as usize;
+        // SAFETY: no slice of the mapping is formed; it is read with `copy_out` only.
+        let map = unsafe { super::Mapping::new(&dmabuf, 0, len, false)? };
+        super::sync_start(dmabuf.as_fd(), super::SyncAccess::Read)?;
+        let pixels = map.copy_out(offset, len - offset);
+        super::sync_end(dmabuf.as_fd(), super::SyncAccess::Read)?;
+        Ok(Scanout {
+            width,
+            height,
+            fourcc: info.pixel_format() as u32,
+            pitch,
+            pixels,
+        })
+    }
+
+    /// The buffer the first active CRTC shows, as a dma-buf (GETFB2, then PRIME export), with
+    /// its framebuffer's layout. A framebuffer made from an imported dma-buf exports that very
+    /// dma-buf again (same inode): what proves a display scans out the producer's pages.
+    /// Needs CAP_SYS_ADMIN or DRM master for GETFB2 to return buffer handles.
+    pub fn scanout_dmabuf(&self) -> Result<(OwnedFd, drm::control::framebuffer::PlanarInfo)> {
         let io = |op: &'static str| move |e: std::io::Error| Error::Io { op, source: e };
         let resources = self
             .resource_handles()
@@ -322,25 +346,11 @@ impl DrmNode {
             path: self.path.clone(),
             hint: "GETFB2 returned no buffer handle: reading a scanout needs CAP_SYS_ADMIN".into(),
         })?;
-        let (width, height) = info.size();
-        let pitch = info.pitches()[0];
-        let offset = info.offsets()[0] as usize;
         let dmabuf = self
             .buffer_to_prime_fd(handle, rustix::fs::OFlags::CLOEXEC.bits())
             .map_err(io("DRM_IOCTL_PRIME_HANDLE_TO_FD"))?;
         let _ = self.close_buffer(handle);
-        let len = offset + (pitch * height) as usize;
-        let map = super::Mapping::new(&dmabuf, 0, len, false)?;
-        super::sync_start(dmabuf.as_fd(), super::SyncAccess::Read)?;
-        let pixels = map.as_slice()[offset..len].to_vec();
-        super::sync_end(dmabuf.as_fd(), super::SyncAccess::Read)?;
-        Ok(Scanout {
-            width,
-            height,
-            fourcc: info.pixel_format() as u32,
-            pitch,
-            pixels,
-        })
+        Ok((dmabuf, info))
     }
 }
 

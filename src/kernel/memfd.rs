@@ -24,7 +24,16 @@ impl Memfd {
     }
 
     /// Creates a memfd of `size` bytes without seals (tests use it to prove udmabuf's checks).
+    /// A size larger than the machine's RAM is refused: shmem pages are allocated lazily, so
+    /// such a file would be created, then fail (SIGBUS) on the first write past what fits.
     pub fn new_unsealed(name: &str, size: u64) -> Result<Memfd> {
+        let ram = physical_memory();
+        if size > ram {
+            return Err(Error::OutOfMemory {
+                op: "memfd_create",
+                hint: format!(": {size} bytes are more than this machine's {ram} bytes of RAM"),
+            });
+        }
         let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
             .map_err(|e| Error::from_io("memfd_create", e.into()))?;
         rustix::fs::ftruncate(&fd, size).map_err(|e| Error::from_io("ftruncate", e.into()))?;
@@ -47,13 +56,20 @@ impl Memfd {
     }
 
     /// Maps the whole file shared and writable.
-    pub fn map(&self) -> Result<Mapping> {
-        Mapping::new(
-            &self.fd,
-            0,
-            usize::try_from(self.size).map_err(|_| Error::Empty)?,
-            true,
-        )
+    ///
+    /// # Safety
+    /// The contract of [`Mapping::new`]: the slices of the mapping alias every other mapping
+    /// of this memfd (and its udmabuf exports).
+    pub unsafe fn map(&self) -> Result<Mapping> {
+        // SAFETY: the caller takes over Mapping::new's contract.
+        unsafe {
+            Mapping::new(
+                &self.fd,
+                0,
+                usize::try_from(self.size).map_err(|_| Error::Empty)?,
+                true,
+            )
+        }
     }
 
     pub fn into_fd(self) -> OwnedFd {
@@ -77,4 +93,10 @@ pub(crate) fn seals_of(fd: BorrowedFd<'_>) -> Result<SealFlags> {
             source: e.into(),
         }),
     }
+}
+
+/// The machine's RAM in bytes (`sysinfo`); unlimited if it cannot be read.
+fn physical_memory() -> u64 {
+    let info = rustix::system::sysinfo();
+    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1)))
 }

@@ -138,10 +138,10 @@ pub fn page_size() -> u64 {
     rustix::param::page_size() as u64
 }
 
-/// `value` rounded up to a whole number of pages.
-pub fn page_align(value: u64) -> u64 {
+/// `value` rounded up to a whole number of pages; `None` if that does not fit in a u64.
+pub fn page_align(value: u64) -> Option<u64> {
     let page = page_size();
-    value.div_ceil(page) * page
+    value.div_ceil(page).checked_mul(page)
 }
 
 /// Opens a device node read-write with `O_CLOEXEC`, turning the usual failures into errors
@@ -190,10 +190,16 @@ mod tests {
     #[test]
     fn page_align_rounds_up() {
         let page = page_size();
-        assert_eq!(page_align(0), 0);
-        assert_eq!(page_align(1), page);
-        assert_eq!(page_align(page), page);
-        assert_eq!(page_align(page + 1), 2 * page);
+        assert_eq!(page_align(0), Some(0));
+        assert_eq!(page_align(1), Some(page));
+        assert_eq!(page_align(page), Some(page));
+        assert_eq!(page_align(page + 1), Some(2 * page));
+        assert_eq!(
+            page_align(u64::MAX / page * page),
+            Some(u64::MAX / page * page)
+        );
+        assert_eq!(page_align(u64::MAX), None);
+        assert_eq!(page_align(u64::MAX - page + 2), None);
     }
 
     #[test]

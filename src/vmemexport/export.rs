@@ -19,6 +19,8 @@ pub enum Refusal {
     Udmabuf(String),
     /// No udmabuf device to export through (backing=heap, upstream ignored the heap pool).
     NoExporter,
+    /// The frame's metas or timestamps could not be carried over to the output buffer.
+    Metadata(String),
 }
 
 impl std::fmt::Display for Refusal {
@@ -36,6 +38,9 @@ impl std::fmt::Display for Refusal {
             Refusal::Udmabuf(why) => write!(f, "udmabuf cannot export it: {why}"),
             Refusal::NoExporter => {
                 write!(f, "upstream's memory is not from the proposed heap pool")
+            }
+            Refusal::Metadata(why) => {
+                write!(f, "the frame's metadata cannot be carried over: {why}")
             }
         }
     }
@@ -100,7 +105,8 @@ impl Exporter {
         let udmabuf = self.udmabuf.as_ref().ok_or(Refusal::NoExporter)?;
         // SAFETY: the fd belongs to `mem`, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(fd_mem.fd()) };
-        let export_size = kernel::page_align(mem.maxsize() as u64);
+        let export_size = kernel::page_align(mem.maxsize() as u64)
+            .ok_or_else(|| Refusal::Udmabuf(format!("{} bytes overflow", mem.maxsize())))?;
         let dmabuf = udmabuf
             .create(fd, 0, export_size)
             .map_err(|e| Refusal::Udmabuf(e.to_string()))?;

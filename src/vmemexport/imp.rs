@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 
 use std::collections::HashSet;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use gst::glib;
@@ -58,12 +58,32 @@ impl Default for Settings {
 /// What `start` resolved, and what the stream needs.
 struct State {
     backing: Backing,
-    exporter: Exporter,
+    /// Shared with the streaming thread's work outside the state lock.
+    exporter: Arc<Exporter>,
     heap_allocator: Option<DmaHeapAllocator>,
     in_info: Option<gst_video::VideoInfo>,
     /// Where frames are copied when they cannot leave as they are.
     copy_pool: Option<gst::BufferPool>,
     warned: HashSet<Refusal>,
+}
+
+/// Messages for the bus, posted once no lock is held: an application's sync bus handler runs
+/// in the posting thread and may call back into the element (read `stats`, change state).
+#[derive(Default)]
+struct Notices(Vec<Notice>);
+
+type Notice = Box<dyn FnOnce(&VmemExport) + Send>;
+
+impl Notices {
+    fn add(&mut self, post: impl FnOnce(&VmemExport) + Send + 'static) {
+        self.0.push(Box::new(post));
+    }
+
+    fn post(self, imp: &VmemExport) {
+        for post in self.0 {
+            post(imp);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -134,7 +154,7 @@ impl VmemExport {
         );
         Ok(State {
             backing,
-            exporter: Exporter::new(udmabuf, name),
+            exporter: Arc::new(Exporter::new(udmabuf, name)),
             heap_allocator,
             in_info: None,
             copy_pool: None,
@@ -188,75 +208,91 @@ impl VmemExport {
         Some(heap.clone().upcast())
     }
 
-    /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf.
+    /// The pool frames are copied into, made on first use, and the input's video info.
+    fn copy_pool(
+        &self,
+        notices: &mut Notices,
+    ) -> Result<(gst::BufferPool, gst_video::VideoInfo), gst::FlowError> {
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
+        if let Some(pool) = &state.copy_pool {
+            return Ok((pool.clone(), info));
+        }
+        // Frames over udmabuf's limit can only be copied into heap memory.
+        let fits = state
+            .exporter
+            .size_limit()
+            .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
+        let allocator: gst::Allocator = if fits {
+            MemfdAllocator::new(self.obj().upcast_ref()).upcast()
+        } else if let Some(heap) = self.oversize_heap(state, info.size()) {
+            heap
+        } else {
+            let size = info.size();
+            notices.add(move |imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Frames of {size} bytes exceed udmabuf's size limit and no dma-heap is usable")
+                )
+            });
+            return Err(gst::FlowError::Error);
+        };
+        let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
+        // No buffers allocated up front: GstBufferPool's start leaks them when a later one
+        // fails; on demand, a failure is the allocator's error message and nothing leaks.
+        let pool = self.make_pool(&allocator, &caps, &info, 0).map_err(|e| {
+            gst::error!(CAT, imp = self, "copy pool: {e}");
+            gst::FlowError::Error
+        })?;
+        pool.set_active(true).map_err(|e| {
+            let e = e.to_string();
+            notices.add(move |imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::ResourceError::Failed,
+                    ("Cannot start the pool of dma-buf copies: {e}")
+                )
+            });
+            gst::FlowError::Error
+        })?;
+        state.copy_pool = Some(pool.clone());
+        Ok((pool, info))
+    }
+
+    /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf. No lock is held while
+    /// the pool allocates: its allocator posts its failures itself.
     fn copy_to_pool(
         &self,
-        state: &mut State,
         inbuf: &gst::BufferRef,
+        notices: &mut Notices,
     ) -> Result<gst::Buffer, gst::FlowError> {
-        let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
-        if state.copy_pool.is_none() {
-            // Frames over udmabuf's limit can only be copied into heap memory.
-            let fits = state
-                .exporter
-                .size_limit()
-                .is_some_and(|l| kernel::page_align(info.size() as u64) <= l);
-            let allocator: gst::Allocator = if fits {
-                MemfdAllocator::new(self.obj().upcast_ref()).upcast()
-            } else if let Some(heap) = self.oversize_heap(state, info.size()) {
-                heap
-            } else {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    (
-                        "Frames of {} bytes exceed udmabuf's size limit and no dma-heap is usable",
-                        info.size()
-                    )
-                );
-                return Err(gst::FlowError::Error);
-            };
-            let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
-            // No buffers allocated up front: GstBufferPool's start leaks them when a later one
-            // fails; on demand, a failure is the allocator's error message and nothing leaks.
-            let pool = self.make_pool(&allocator, &caps, &info, 0).map_err(|e| {
-                gst::error!(CAT, imp = self, "copy pool: {e}");
-                gst::FlowError::Error
-            })?;
-            pool.set_active(true).map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("Cannot allocate dma-buf memory: {e}")
-                );
-                gst::FlowError::Error
-            })?;
-            state.copy_pool = Some(pool);
-        }
-        let pool = state.copy_pool.as_ref().unwrap();
+        let (pool, info) = self.copy_pool(notices)?;
         let mut outbuf = pool.acquire_buffer(None)?;
-        {
-            let outm = outbuf.get_mut().unwrap();
-            let src =
-                gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info).map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Format,
-                        ("Cannot map the input frame")
-                    );
-                    gst::FlowError::Error
-                })?;
-            let mut dst =
-                gst_video::VideoFrameRef::from_buffer_ref_writable(outm, &info).map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::ResourceError::Write,
-                        ("Cannot map a dma-buf for writing")
-                    );
-                    gst::FlowError::Error
-                })?;
-            src.copy(&mut dst).map_err(|_| gst::FlowError::Error)?;
-        }
+        let outm = outbuf.get_mut().unwrap();
+        let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info) else {
+            notices.add(|imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::StreamError::Format,
+                    ("Cannot map the input frame")
+                )
+            });
+            return Err(gst::FlowError::Error);
+        };
+        let Ok(mut dst) = gst_video::VideoFrameRef::from_buffer_ref_writable(outm, &info) else {
+            notices.add(|imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::ResourceError::Write,
+                    ("Cannot map a dma-buf for writing")
+                )
+            });
+            return Err(gst::FlowError::Error);
+        };
+        src.copy(&mut dst).map_err(|_| gst::FlowError::Error)?;
+        drop(dst);
         Ok(outbuf)
     }
 
@@ -264,13 +300,14 @@ impl VmemExport {
     /// and a reference that returns `source` to its pool only when downstream is done.
     fn wrap(
         &self,
-        state: &State,
+        exporter: &Exporter,
+        info: Option<&gst_video::VideoInfo>,
         settings: &Settings,
         source: &gst::Buffer,
         timing: &gst::BufferRef,
         stats: &mut Stats,
     ) -> Result<gst::Buffer, Refusal> {
-        let (dmabuf, outcome) = state.exporter.dmabuf_of(source)?;
+        let (dmabuf, outcome) = exporter.dmabuf_of(source)?;
         match outcome {
             Outcome::Exported => stats.exported += 1,
             Outcome::CacheHit => stats.export_cache_hits += 1,
@@ -299,15 +336,15 @@ impl VmemExport {
             // describing memory), so that one is carried over explicitly.
             source
                 .copy_into(outm, gst::BufferCopyFlags::META, ..)
-                .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
-            copy_video_meta(source, outm, state.in_info.as_ref());
+                .map_err(|e| Refusal::Metadata(e.to_string()))?;
+            copy_video_meta(source, outm, info);
             timing
                 .copy_into(
                     outm,
                     gst::BufferCopyFlags::FLAGS | gst::BufferCopyFlags::TIMESTAMPS,
                     ..,
                 )
-                .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
+                .map_err(|e| Refusal::Metadata(e.to_string()))?;
             gst::ParentBufferMeta::add(outm, source);
             crate::memory::guard_release(
                 outm,
@@ -318,32 +355,102 @@ impl VmemExport {
         Ok(out)
     }
 
+    /// Whether a frame refused for `why` may be copied; the first refusal of each kind is
+    /// a warning, a forbidden copy an error.
     fn refuse(
         &self,
-        state: &mut State,
         settings: &Settings,
         why: &Refusal,
+        notices: &mut Notices,
     ) -> Result<(), gst::FlowError> {
         if !settings.copy_fallback {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Failed,
-                ("Zero-copy is impossible: {why}"),
-                [
-                    "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
-                ]
-            );
+            let why = why.to_string();
+            notices.add(move |imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::StreamError::Failed,
+                    ("Zero-copy is impossible: {why}"),
+                    [
+                        "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
+                    ]
+                )
+            });
             return Err(gst::FlowError::Error);
         }
-        if state.warned.insert(why.clone()) {
-            gst::element_imp_warning!(
-                self,
-                gst::CoreError::Negotiation,
-                ("Copying frames into dma-buf memory: {why}"),
-                ["Every such frame costs a copy; see the stats property"]
-            );
+        let first = {
+            let mut guard = self.state.lock().unwrap();
+            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            state.warned.insert(why.clone())
+        };
+        if first {
+            let why = why.to_string();
+            notices.add(move |imp| {
+                gst::element_imp_warning!(
+                    imp,
+                    gst::CoreError::Negotiation,
+                    ("Copying frames into dma-buf memory: {why}"),
+                    ["Every such frame costs a copy; see the stats property"]
+                )
+            });
         }
         Ok(())
+    }
+
+    /// The output buffer for `inbuf`: its own pages as dma-buf memory, else a counted copy.
+    fn output_for(
+        &self,
+        inbuf: &gst::BufferRef,
+        settings: &Settings,
+        stats: &mut Stats,
+        notices: &mut Notices,
+    ) -> Result<PrepareOutputBufferSuccess, gst::FlowError> {
+        if self.obj().is_passthrough() {
+            stats.passthrough += 1;
+            return Ok(PrepareOutputBufferSuccess::InputBuffer);
+        }
+        let (exporter, info) = {
+            let guard = self.state.lock().unwrap();
+            let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
+            (state.exporter.clone(), state.in_info.clone())
+        };
+        let source = crate::memory::buffer_ref(inbuf);
+        // Input that already is dma-buf memory never comes here: generate_output sends it on.
+        let why = match self.wrap(&exporter, info.as_ref(), settings, &source, inbuf, stats) {
+            Ok(out) => return Ok(PrepareOutputBufferSuccess::Buffer(out)),
+            Err(why) => why,
+        };
+        gst::debug!(CAT, imp = self, "copy: {why}");
+        self.refuse(settings, &why, notices)?;
+        let mut copied = self.copy_to_pool(inbuf, notices)?;
+        stats.copies += 1;
+        stats.bytes_copied += info.as_ref().map_or(0, |i| i.size() as u64);
+        if crate::memory::is_all_dmabuf(&copied) {
+            // A dma-heap copy leaves as it is, with the frame's timing and metas (its own
+            // VideoMeta stays: a meta copy skips that one).
+            inbuf
+                .copy_into(
+                    copied.make_mut(),
+                    gst::BufferCopyFlags::FLAGS
+                        | gst::BufferCopyFlags::TIMESTAMPS
+                        | gst::BufferCopyFlags::META,
+                    ..,
+                )
+                .map_err(|_| gst::FlowError::Error)?;
+            return Ok(PrepareOutputBufferSuccess::Buffer(copied));
+        }
+        self.wrap(&exporter, info.as_ref(), settings, &copied, inbuf, stats)
+            .map(PrepareOutputBufferSuccess::Buffer)
+            .map_err(|why| {
+                let why = why.to_string();
+                notices.add(move |imp| {
+                    gst::element_imp_error!(
+                        imp,
+                        gst::ResourceError::Failed,
+                        ("Cannot export the copy: {why}")
+                    )
+                });
+                gst::FlowError::Error
+            })
     }
 }
 
@@ -631,15 +738,26 @@ impl BaseTransformImpl for VmemExport {
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
         let settings = self.settings();
-        if self.obj().is_passthrough() || !settings.propose_pool {
+        if self.obj().is_passthrough() {
             return self.parent_propose_allocation(decide_query, query);
         }
         let (Some(caps), need_pool) = query.get_owned() else {
             return Err(gst::loggable_error!(CAT, "allocation query without caps"));
         };
-        let Some((info, CapsKind::Plain)) = formats::video_info_from_caps(&caps) else {
-            return self.parent_propose_allocation(decide_query, query);
+        let info = match formats::video_info_from_caps(&caps) {
+            Some((info, CapsKind::Plain)) => info,
+            // Dma-buf caps make vmemexport passthrough (set_caps): downstream's answer is the
+            // right one, as BaseTransform gives it in passthrough.
+            Some(_) => return self.parent_propose_allocation(decide_query, query),
+            None => return Err(gst::loggable_error!(CAT, "cannot parse {caps}")),
         };
+        if !settings.propose_pool {
+            // Upstream keeps its own memory (the copy path, on purpose). Never downstream's
+            // pool, which BaseTransform's default would hand on: the output is not upstream's
+            // buffer. Any layout is fine for the copy.
+            query.add_allocation_meta::<gst_video::VideoMeta>(None);
+            return Ok(());
+        }
         let state = self.state.lock().unwrap();
         let state = state
             .as_ref()
@@ -716,51 +834,12 @@ impl BaseTransformImpl for VmemExport {
         let settings = self.settings();
         let mut stats = *self.stats.lock().unwrap();
         stats.frames += 1;
-        if self.obj().is_passthrough() {
-            stats.passthrough += 1;
-            *self.stats.lock().unwrap() = stats;
-            return Ok(PrepareOutputBufferSuccess::InputBuffer);
-        }
-        let mut guard = self.state.lock().unwrap();
-        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let source = crate::memory::buffer_ref(inbuf);
-        // Input that already is dma-buf memory never comes here: generate_output sends it on.
-        let out = match self.wrap(state, &settings, &source, inbuf, &mut stats) {
-            Ok(out) => out,
-            Err(why) => {
-                gst::debug!(CAT, imp = self, "copy: {why}");
-                self.refuse(state, &settings, &why)?;
-                let mut copied = self.copy_to_pool(state, inbuf)?;
-                stats.copies += 1;
-                stats.bytes_copied += state.in_info.as_ref().map_or(0, |i| i.size() as u64);
-                if crate::memory::is_all_dmabuf(&copied) {
-                    // A dma-heap copy leaves as it is, with the frame's timing and metas (its
-                    // own VideoMeta stays: a meta copy skips that one).
-                    inbuf
-                        .copy_into(
-                            copied.make_mut(),
-                            gst::BufferCopyFlags::FLAGS
-                                | gst::BufferCopyFlags::TIMESTAMPS
-                                | gst::BufferCopyFlags::META,
-                            ..,
-                        )
-                        .map_err(|_| gst::FlowError::Error)?;
-                    *self.stats.lock().unwrap() = stats;
-                    return Ok(PrepareOutputBufferSuccess::Buffer(copied));
-                }
-                self.wrap(state, &settings, &copied, inbuf, &mut stats)
-                    .map_err(|why| {
-                        gst::element_imp_error!(
-                            self,
-                            gst::ResourceError::Failed,
-                            ("Cannot export the copy: {why}")
-                        );
-                        gst::FlowError::Error
-                    })?
-            }
-        };
+        let mut notices = Notices::default();
+        let result = self.output_for(inbuf, &settings, &mut stats, &mut notices);
+        // Counted whatever happened to the frame, before anyone hears about it.
         *self.stats.lock().unwrap() = stats;
-        Ok(PrepareOutputBufferSuccess::Buffer(out))
+        notices.post(self);
+        result
     }
 
     fn generate_output(&self) -> Result<GenerateOutputSuccess, gst::FlowError> {

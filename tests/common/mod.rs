@@ -156,6 +156,16 @@ impl LogCapture {
             .collect()
     }
 
+    /// Every captured message, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
     pub fn clear(&self) {
         self.lines.lock().unwrap().clear();
     }
@@ -281,4 +291,96 @@ pub fn v4l2_node(driver: &str, name_contains: &str) -> String {
 /// `Duration` helper for readability at call sites.
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// Proof that a display scans out the producer's own dma-bufs, independent of any element's
+/// log wording: a probe on the display sink records the inode of every dma-buf it received,
+/// and when EOS reaches the sink (its last frame on screen) the inode of the dma-buf the vkms
+/// CRTC is scanning out (GETFB2 + PRIME export give back the imported dma-buf itself). A copy
+/// into a dumb buffer would show another inode.
+#[derive(Clone, Default)]
+pub struct ScanoutProof(Arc<Mutex<ScanoutSeen>>);
+
+#[derive(Default)]
+pub struct ScanoutSeen {
+    received: std::collections::HashSet<u64>,
+    on_screen: Option<Result<u64, String>>,
+}
+
+impl ScanoutProof {
+    pub fn install(pipeline: &gst::Pipeline, display_sink: &str) -> ScanoutProof {
+        let proof = ScanoutProof::default();
+        let store = proof.clone();
+        element(pipeline, display_sink)
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+                move |_, info| {
+                    let mut seen = store.0.lock().unwrap();
+                    if let Some(buffer) = info.buffer() {
+                        for mem in buffer.iter_memories() {
+                            if let Some(fd) = gstvmem::memory::dmabuf_fd(mem)
+                                && let Ok(st) = rustix::fs::fstat(fd)
+                            {
+                                seen.received.insert(st.st_ino);
+                            }
+                        }
+                    } else if let Some(gst::PadProbeData::Event(e)) = &info.data
+                        && e.type_() == gst::EventType::Eos
+                    {
+                        seen.on_screen = Some(scanout_inode("vkms"));
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+        proof
+    }
+
+    /// Whether the frame on screen at EOS was one of the dma-bufs the display received;
+    /// panics if the scanout could not be read.
+    pub fn on_screen_is_received(&self, what: &str) -> bool {
+        let seen = self.0.lock().unwrap();
+        match &seen.on_screen {
+            Some(Ok(ino)) => seen.received.contains(ino),
+            Some(Err(e)) => panic!("{what}: cannot read the scanout: {e}"),
+            None => panic!("{what}: EOS never reached the display"),
+        }
+    }
+
+    /// Panics (outside the probe) unless the frame on screen at EOS was one of the dma-bufs
+    /// the display received.
+    pub fn assert_on_screen(&self, what: &str) {
+        let ours = self.on_screen_is_received(what);
+        let seen = self.0.lock().unwrap();
+        let on_screen = seen.on_screen.clone().unwrap().unwrap();
+        assert!(
+            ours,
+            "{what}: the display scans out dma-buf inode {on_screen}, not one of the {} it received",
+            seen.received.len()
+        );
+    }
+}
+
+/// The inode of the dma-buf the first active CRTC of DRM driver `driver` scans out.
+pub fn scanout_inode(driver: &str) -> Result<u64, String> {
+    let node = gstvmem::kernel::DrmNode::open_driver(driver, gstvmem::kernel::DrmUse::Kms)
+        .map_err(|e| e.to_string())?;
+    let (fd, _) = node.scanout_dmabuf().map_err(|e| e.to_string())?;
+    rustix::fs::fstat(&fd)
+        .map(|st| st.st_ino)
+        .map_err(|e| e.to_string())
+}
+
+/// kmssink's own account of its dma-buf imports in GStreamer 1.22-1.28's wording: new
+/// framebuffers (`setting KMS mem`) and reused ones (`found KMS mem`). `None` when neither
+/// line appears, e.g. a future wording: then a [`ScanoutProof`] is the proof that stands.
+pub fn kmssink_imports(log: &LogCapture) -> Option<(usize, usize)> {
+    let new = log.count("kmssink", "setting KMS mem");
+    let reused = log.count("kmssink", "found KMS mem");
+    if new + reused == 0 {
+        eprintln!("note: kmssink logged no import lines; relying on the scanout proof");
+        return None;
+    }
+    Some((new, reused))
 }
