@@ -44,7 +44,11 @@ fn run(desc: &str, snapshot_at: u64) -> (Observed, gst::Pipeline) {
                         o.shown += 1;
                         if o.shown == snapshot_at && o.snapshot.is_none() {
                             // The frame before this one is on screen now.
-                            let node = gstvmem::kernel::DrmNode::open_driver("vkms").unwrap();
+                            let node = gstvmem::kernel::DrmNode::open_driver(
+                                "vkms",
+                                gstvmem::kernel::DrmUse::Kms,
+                            )
+                            .unwrap();
                             o.snapshot = node
                                 .read_scanout()
                                 .map_err(|e| eprintln!("snapshot: {e}"))

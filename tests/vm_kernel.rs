@@ -311,7 +311,7 @@ fn prime_import_into_vkms_and_vgem() {
         .allocate(size as usize)
         .unwrap();
     for driver in ["vkms", "vgem"] {
-        let node = std::sync::Arc::new(DrmNode::open_driver(driver).unwrap());
+        let node = std::sync::Arc::new(DrmNode::open_driver(driver, DrmUse::Kms).unwrap());
         assert_eq!(node.driver(), driver);
         assert_cloexec(node.as_fd(), "DRM node");
         for (what, buf) in [("udmabuf", &from_udmabuf), ("cma heap", &from_cma)] {
@@ -327,7 +327,7 @@ fn prime_import_into_vkms_and_vgem() {
             }
         }
     }
-    let e = DrmNode::open_driver("no-such-driver").unwrap_err();
+    let e = DrmNode::open_driver("no-such-driver", DrmUse::Import).unwrap_err();
     assert!(matches!(e, Error::DeviceMissing { .. }), "{e:?}");
 }
 

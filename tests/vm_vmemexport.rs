@@ -656,6 +656,13 @@ fn every_raw_format_goes_through() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(produced.len() > 60, "videotestsrc makes {} formats", produced.len());
-    assert!(without_fourcc > 20, "{without_fourcc} formats without a fourcc");
+    assert!(
+        produced.len() > 60,
+        "videotestsrc makes {} formats",
+        produced.len()
+    );
+    assert!(
+        without_fourcc > 20,
+        "{without_fourcc} formats without a fourcc"
+    );
 }

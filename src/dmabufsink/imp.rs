@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
@@ -15,7 +16,7 @@ use super::layout::{self, LayoutError, Plane};
 use super::protocol;
 use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
-use crate::kernel::{self, DrmNode, GemHandle};
+use crate::kernel::{self, DrmNode, DrmUse, GemHandle};
 use crate::memory::dmabuf_fd;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -66,7 +67,7 @@ struct Stats {
 /// One imported dma-buf: a dup of its fd keeps it (and so its inode, our key) alive.
 struct Import {
     _dmabuf: OwnedFd,
-    _handle: GemHandle,
+    handle: GemHandle,
 }
 
 struct State {
@@ -74,8 +75,9 @@ struct State {
     fourcc: u32,
     drm: Option<Arc<DrmNode>>,
     imports: HashMap<u64, Import>,
+    /// Frame layouts (per plane: inode, offset, pitch) AddFB2 was tried with.
+    checked_layouts: HashSet<Vec<(u64, u32, u32)>>,
     server: Option<Server>,
-    warned: bool,
 }
 
 #[derive(Default)]
@@ -83,6 +85,8 @@ pub struct DmabufSink {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
+    /// Whether this run posted its warning already (only the first is posted; all are logged).
+    warned: AtomicBool,
     /// The socket's counters as they were when the sink last stopped.
     last_server_stats: Mutex<ServerStats>,
 }
@@ -109,7 +113,9 @@ impl DmabufSink {
             .build()
     }
 
-    /// Imports each dma-buf of `buffer` not seen before into the DRM node.
+    /// Imports each dma-buf of `buffer` not seen before into the DRM node, and with drm-addfb
+    /// checks once per frame layout that the frame can be scanned out. Returns what to warn
+    /// about: the caller posts it once the state lock is released.
     fn import(
         &self,
         state: &mut State,
@@ -117,73 +123,115 @@ impl DmabufSink {
         buffer: &gst::BufferRef,
         planes: Option<&[Plane]>,
         stats: &mut Stats,
-    ) {
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
         let Some(node) = state.drm.clone() else {
-            return;
+            return warnings;
         };
+        // Each memory's inode, the key of its import (None: not importable).
+        let mut inodes: Vec<Option<u64>> = Vec::with_capacity(buffer.n_memory());
         for mem in buffer.iter_memories() {
-            let Some(fd) = dmabuf_fd(mem) else { continue };
-            let Ok(st) = rustix::fs::fstat(fd) else {
-                continue;
-            };
-            if state.imports.contains_key(&st.st_ino) {
+            let ino = dmabuf_fd(mem).and_then(|fd| Some((fd, rustix::fs::fstat(fd).ok()?.st_ino)));
+            inodes.push(ino.map(|(_, ino)| ino));
+            let Some((fd, ino)) = ino else { continue };
+            if state.imports.contains_key(&ino) {
                 continue;
             }
             let handle = match node.prime_import(fd) {
                 Ok(h) => h,
                 Err(e) => {
                     stats.import_failures += 1;
-                    self.warn_once(
-                        state,
-                        &format!("{} cannot import a dma-buf: {e}", node.path().display()),
-                    );
+                    warnings.push(format!(
+                        "{} cannot import a dma-buf: {e}",
+                        node.path().display()
+                    ));
+                    inodes.pop();
+                    inodes.push(None);
                     continue;
                 }
             };
             stats.imported += 1;
-            if settings.drm_addfb
-                && let (Some(info), Some(planes)) = (&state.info, planes)
-            {
-                let offsets: Vec<u32> = planes
-                    .iter()
-                    .map(|p| (buffer.peek_memory(p.memory).offset() + p.offset) as u32)
-                    .collect();
-                let strides: Vec<u32> = planes.iter().map(|p| p.stride).collect();
-                if let Err(e) = handle.check_addfb2(
-                    info.width(),
-                    info.height(),
-                    state.fourcc,
-                    None,
-                    &offsets,
-                    &strides,
-                ) {
-                    stats.addfb_failures += 1;
-                    self.warn_once(
-                        state,
-                        &format!("{} cannot scan this buffer out: {e}", node.path().display()),
-                    );
-                }
-            }
             if state.imports.len() >= MAX_IMPORTS {
+                // Checked layouts name imports by inode: they go with them.
                 state.imports.clear();
+                state.checked_layouts.clear();
             }
             let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
                 continue;
             };
             state.imports.insert(
-                st.st_ino,
+                ino,
                 Import {
                     _dmabuf: dup,
-                    _handle: handle,
+                    handle,
                 },
             );
         }
+        if settings.drm_addfb
+            && let (Some(info), Some(planes)) = (&state.info, planes)
+        {
+            // Plane i lies in memory planes[i].memory: its own buffer object, at its offset in
+            // that memory's dma-buf.
+            let layout: Option<Vec<(u64, u32, u32)>> = planes
+                .iter()
+                .map(|p| {
+                    let ino = (*inodes.get(p.memory)?)?;
+                    let offset = (buffer.peek_memory(p.memory).offset() + p.offset) as u32;
+                    Some((ino, offset, p.stride))
+                })
+                .collect();
+            if let Some(layout) = layout
+                && !state.checked_layouts.contains(&layout)
+            {
+                let fb_planes: Option<Vec<kernel::FbPlane<'_>>> = layout
+                    .iter()
+                    .map(|&(ino, offset, pitch)| {
+                        Some(kernel::FbPlane {
+                            handle: &state.imports.get(&ino)?.handle,
+                            offset,
+                            pitch,
+                        })
+                    })
+                    .collect();
+                if let Some(fb_planes) = fb_planes {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "AddFB2 check with handles {:?}",
+                        fb_planes.iter().map(|p| p.handle.raw()).collect::<Vec<_>>()
+                    );
+                    if let Err(e) = node.check_addfb2(
+                        info.width(),
+                        info.height(),
+                        state.fourcc,
+                        None,
+                        &fb_planes,
+                    ) {
+                        stats.addfb_failures += 1;
+                        warnings.push(format!(
+                            "{} cannot scan this buffer out: {e}",
+                            node.path().display()
+                        ));
+                    }
+                    if state.checked_layouts.len() >= MAX_IMPORTS {
+                        state.checked_layouts.clear();
+                    }
+                    state.checked_layouts.insert(layout);
+                }
+            }
+        }
+        warnings
     }
 
-    fn warn_once(&self, state: &mut State, what: &str) {
-        gst::warning!(CAT, imp = self, "{what}");
-        if !state.warned {
-            state.warned = true;
+    /// Logs `warnings` and posts the first of the run as a warning message. Must be called
+    /// without the state lock: a bus sync handler may read `stats`, which takes it.
+    fn warn(&self, warnings: &[String]) {
+        for what in warnings {
+            gst::warning!(CAT, imp = self, "{what}");
+        }
+        if let Some(what) = warnings.first()
+            && !self.warned.swap(true, Ordering::SeqCst)
+        {
             gst::element_imp_warning!(
                 self,
                 gst::ResourceError::Failed,
@@ -394,13 +442,21 @@ impl ElementImpl for DmabufSink {
 impl BaseSinkImpl for DmabufSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
+        // Scan-out checks need a card node; import alone is better served by a render node.
+        let purpose = if settings.drm_addfb {
+            DrmUse::Kms
+        } else {
+            DrmUse::Import
+        };
         let drm = match &settings.drm_device {
-            Some(spec) => Some(Arc::new(DrmNode::open_spec(spec).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenReadWrite,
-                    ("Cannot open DRM device {spec}: {e}")
-                )
-            })?)),
+            Some(spec) => Some(Arc::new(DrmNode::open_spec(spec, purpose).map_err(
+                |e| {
+                    gst::error_msg!(
+                        gst::ResourceError::OpenReadWrite,
+                        ("Cannot open DRM device {spec}: {e}")
+                    )
+                },
+            )?)),
             None => None,
         };
         let server = match &settings.socket_path {
@@ -436,9 +492,10 @@ impl BaseSinkImpl for DmabufSink {
             fourcc: 0,
             drm,
             imports: HashMap::new(),
+            checked_layouts: HashSet::new(),
             server,
-            warned: false,
         });
+        self.warned.store(false, Ordering::SeqCst);
         *self.stats.lock().unwrap() = Stats::default();
         *self.last_server_stats.lock().unwrap() = ServerStats::default();
         Ok(())
@@ -476,11 +533,15 @@ impl BaseSinkImpl for DmabufSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // Errors and warnings are posted with no lock held: a bus sync handler runs in this
+        // thread and may read `stats`, which takes the state lock.
         let settings = self.settings.lock().unwrap().clone();
-        let mut guard = self.state.lock().unwrap();
-        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let mut stats = *self.stats.lock().unwrap();
-        stats.frames += 1;
+        // Counted at once, so a message about this frame comes with stats that include it.
+        let mut stats = {
+            let mut s = self.stats.lock().unwrap();
+            s.frames += 1;
+            *s
+        };
         let frame_number = stats.frames;
 
         if !crate::memory::is_all_dmabuf(buffer) {
@@ -526,28 +587,37 @@ impl BaseSinkImpl for DmabufSink {
                 }
             }
         }
-        let planes = match state.info.as_ref().map(|info| frame_layout(buffer, info)) {
-            Some(Ok(planes)) => Some(planes),
-            Some(Err(e)) => {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Format,
-                    ("A frame's planes do not fit in its memory: {e}"),
-                    ["the VideoMeta's offsets and strides describe bytes the buffer does not have"]
-                );
-                return Err(gst::FlowError::Error);
+        let warnings = {
+            let mut guard = self.state.lock().unwrap();
+            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            let planes = match state.info.as_ref().map(|info| frame_layout(buffer, info)) {
+                Some(Ok(planes)) => Some(planes),
+                Some(Err(e)) => {
+                    drop(guard);
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ("A frame's planes do not fit in its memory: {e}"),
+                        [
+                            "the VideoMeta's offsets and strides describe bytes the buffer does not have"
+                        ]
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+                None => None,
+            };
+            let warnings = self.import(state, &settings, buffer, planes.as_deref(), &mut stats);
+            if let (Some(info), Some(planes)) = (state.info.clone(), planes) {
+                let fourcc = state.fourcc;
+                if let Some(server) = state.server.as_ref() {
+                    self.share(server, &info, fourcc, buffer, &planes, frame_number);
+                    self.log_server_events(server);
+                }
             }
-            None => None,
+            warnings
         };
-        self.import(state, &settings, buffer, planes.as_deref(), &mut stats);
-        if let (Some(info), Some(planes)) = (state.info.clone(), planes) {
-            let fourcc = state.fourcc;
-            if let Some(server) = state.server.as_ref() {
-                self.share(server, &info, fourcc, buffer, &planes, frame_number);
-                self.log_server_events(server);
-            }
-        }
         *self.stats.lock().unwrap() = stats;
+        self.warn(&warnings);
         Ok(gst::FlowSuccess::Ok)
     }
 }

@@ -2,6 +2,7 @@
 //! dma-buf fds: CPU access bracketing (`DMA_BUF_IOCTL_SYNC`), names, sizes.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use rustix::ioctl::{IntegerSetter, Opcode, Setter, opcode};
 
@@ -40,7 +41,10 @@ impl SyncAccess {
     }
 }
 
-fn sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
+/// How long [`sync_start`] lets devices finish with a dma-buf before it gives up.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn sync(fd: BorrowedFd<'_>, flags: u64, deadline: Instant) -> Result<()> {
     loop {
         // SAFETY: DMA_BUF_IOCTL_SYNC takes a `struct dma_buf_sync`, which the kernel only reads.
         let res = unsafe {
@@ -50,8 +54,13 @@ fn sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
             )
         };
         match res {
-            // The kernel may be interrupted while waiting for fences: try again, as libdrm does.
-            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+            // Interrupted while waiting for fences: try again, as libdrm does, until the
+            // deadline (a signal storm must not keep the caller here forever).
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN)
+                if Instant::now() < deadline =>
+            {
+                continue;
+            }
             Err(e) => {
                 return Err(Error::Io {
                     op: "DMA_BUF_IOCTL_SYNC",
@@ -63,14 +72,34 @@ fn sync(fd: BorrowedFd<'_>, flags: u64) -> Result<()> {
     }
 }
 
-/// Begins CPU access: caches are made coherent with what devices wrote.
+/// Begins CPU access: caches are made coherent with what devices wrote. Devices still using
+/// the dma-buf get [`SYNC_TIMEOUT`] to finish.
 pub fn sync_start(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
-    sync(fd, DMA_BUF_SYNC_START | access.flags())
+    sync_start_within(fd, access, SYNC_TIMEOUT)
+}
+
+/// [`sync_start`] that waits at most `timeout` for devices (`Duration::ZERO`: not at all) and
+/// fails with [`Error::Busy`] if they have not finished. The kernel's own wait in
+/// `DMA_BUF_IOCTL_SYNC` has no timeout, so the fences are waited for here first.
+pub fn sync_start_within(fd: BorrowedFd<'_>, access: SyncAccess, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    // A reader waits for writers only; a writer for every access (the kernel's rule too).
+    if !wait_fences(fd, access != SyncAccess::Read, timeout) {
+        return Err(Error::Busy {
+            op: "DMA_BUF_IOCTL_SYNC",
+            waited_ms: timeout.as_millis() as u64,
+        });
+    }
+    sync(fd, DMA_BUF_SYNC_START | access.flags(), deadline)
 }
 
 /// Ends CPU access begun with [`sync_start`]: what the CPU wrote becomes visible to devices.
 pub fn sync_end(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
-    sync(fd, DMA_BUF_SYNC_END | access.flags())
+    sync(
+        fd,
+        DMA_BUF_SYNC_END | access.flags(),
+        Instant::now() + SYNC_TIMEOUT,
+    )
 }
 
 /// Reads the first `len` bytes of a dma-buf through a mapping of its own, bracketed by
@@ -136,18 +165,50 @@ pub fn dmabuf_name(fd: BorrowedFd<'_>) -> Option<String> {
 /// Waits until every device access to the dma-buf has finished (all fences of its reservation
 /// object signalled: `poll(POLLOUT)` on a dma-buf), at most `timeout`. Returns whether it is
 /// idle. Recycling pages before this could overwrite what a device is still reading.
-pub fn wait_idle(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let timeout = Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
+pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    wait_fences(fd, true, timeout)
+}
+
+/// Waits at most `timeout` for the dma-buf's write fences (`all`: every fence) to signal.
+fn wait_fences(fd: BorrowedFd<'_>, all: bool, timeout: Duration) -> bool {
+    let flags = if all {
+        rustix::event::PollFlags::OUT
+    } else {
+        rustix::event::PollFlags::IN
     };
-    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    poll_dmabufs(&[fd], flags, timeout)[0]
+}
+
+/// Which of `fds` are idle (every fence signalled), waiting at most `timeout` for at least one
+/// of them to become so; `Duration::ZERO` only looks.
+pub fn idle_dmabufs(fds: &[BorrowedFd<'_>], timeout: Duration) -> Vec<bool> {
+    poll_dmabufs(fds, rustix::event::PollFlags::OUT, timeout)
+}
+
+fn poll_dmabufs(
+    fds: &[BorrowedFd<'_>],
+    flags: rustix::event::PollFlags,
+    timeout: Duration,
+) -> Vec<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let deadline = Instant::now() + timeout;
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, flags)).collect();
     loop {
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(n) => return n > 0,
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut polled, Some(&timeout)) {
+            Ok(_) => {
+                // Not pollable (POLLERR/POLLNVAL): nothing to wait for.
+                return polled
+                    .iter()
+                    .map(|p| !(p.revents() & (flags | PollFlags::ERR | PollFlags::NVAL)).is_empty())
+                    .collect();
+            }
             Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return true, // not pollable: nothing to wait for
+            Err(_) => return vec![true; fds.len()],
         }
     }
 }

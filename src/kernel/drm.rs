@@ -30,7 +30,20 @@ impl AsFd for DrmNode {
 impl drm::Device for DrmNode {}
 impl drm::control::Device for DrmNode {}
 
+/// What a DRM node is opened for, which decides the kind of node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrmUse {
+    /// PRIME import only: a render node where the driver has one. Render nodes need no DRM
+    /// master or authentication, and opening one cannot take master from a compositor.
+    Import,
+    /// Mode setting (AddFB2, reading the scanout): only primary `card` nodes serve it.
+    Kms,
+}
+
 impl DrmNode {
+    /// Opens the node at `path`. On a primary node, DRM master (which the kernel hands to the
+    /// first opener) is dropped at once: holding it would lock out a compositor or a VT switch,
+    /// and nothing here needs it (AddFB2 does not).
     pub fn open(path: &Path) -> Result<DrmNode> {
         let fd = open_device(path, "check the path, or name the driver with driver:NAME")?;
         let mut node = DrmNode {
@@ -47,14 +60,16 @@ impl DrmNode {
             .name()
             .to_string_lossy()
             .into_owned();
+        // Fails (EINVAL) when this fd is not master, and on render nodes (EACCES): both fine.
+        let _ = node.release_master_lock();
         Ok(node)
     }
 
-    /// Opens the first node of driver `driver` (card nodes first: numbering is not stable, the
-    /// driver name is).
-    pub fn open_driver(driver: &str) -> Result<DrmNode> {
+    /// Opens the first node of driver `driver` that serves `purpose`: for import, render nodes
+    /// before card nodes; for KMS, card nodes only. Numbering is not stable, the driver name is.
+    pub fn open_driver(driver: &str, purpose: DrmUse) -> Result<DrmNode> {
         let mut seen = Vec::new();
-        for path in dri_nodes()? {
+        for path in dri_nodes(purpose)? {
             match DrmNode::open(&path) {
                 Ok(node) if node.driver == driver => return Ok(node),
                 Ok(node) => seen.push(format!("{} ({})", path.display(), node.driver)),
@@ -75,10 +90,10 @@ impl DrmNode {
         })
     }
 
-    /// Opens `spec`: a path, or `driver:NAME`.
-    pub fn open_spec(spec: &str) -> Result<DrmNode> {
+    /// Opens `spec`: a path (taken as it is), or `driver:NAME` (see [`DrmNode::open_driver`]).
+    pub fn open_spec(spec: &str, purpose: DrmUse) -> Result<DrmNode> {
         match spec.strip_prefix("driver:") {
-            Some(driver) => DrmNode::open_driver(driver),
+            Some(driver) => DrmNode::open_driver(driver, purpose),
             None => DrmNode::open(Path::new(spec)),
         }
     }
@@ -104,8 +119,9 @@ impl DrmNode {
     }
 }
 
-/// The DRM nodes present, cards before render nodes (none if there is no /dev/dri).
-pub fn dri_nodes() -> Result<Vec<PathBuf>> {
+/// The DRM nodes present that can serve `purpose`, in the order to try them (none if there is
+/// no /dev/dri): for import render nodes first, for KMS card nodes only.
+pub fn dri_nodes(purpose: DrmUse) -> Result<Vec<PathBuf>> {
     let mut nodes: Vec<PathBuf> = match std::fs::read_dir(DRI_DIR) {
         Ok(d) => d.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -113,7 +129,7 @@ pub fn dri_nodes() -> Result<Vec<PathBuf>> {
     };
     nodes.retain(|p| {
         let n = p.file_name().unwrap_or_default().to_string_lossy();
-        n.starts_with("card") || n.starts_with("renderD")
+        n.starts_with("card") || (purpose == DrmUse::Import && n.starts_with("renderD"))
     });
     nodes.sort_by_key(|p| {
         let n = p
@@ -121,7 +137,7 @@ pub fn dri_nodes() -> Result<Vec<PathBuf>> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        (!n.starts_with("card"), n.len(), n)
+        (n.starts_with("card"), n.len(), n)
     });
     Ok(nodes)
 }
@@ -149,32 +165,82 @@ impl GemHandle {
         offsets: &[u32],
         pitches: &[u32],
     ) -> Result<()> {
-        let format = DrmFourcc::try_from(fourcc).map_err(|_| Error::Io {
+        let planes: Vec<FbPlane<'_>> = offsets
+            .iter()
+            .zip(pitches)
+            .map(|(&offset, &pitch)| FbPlane {
+                handle: self,
+                offset,
+                pitch,
+            })
+            .collect();
+        self.node
+            .check_addfb2(width, height, fourcc, modifier, &planes)
+    }
+
+    /// The node this handle belongs to.
+    pub fn node(&self) -> &Arc<DrmNode> {
+        &self.node
+    }
+}
+
+/// One plane of a framebuffer: the imported buffer that holds it, where it starts, its pitch.
+#[derive(Debug, Clone, Copy)]
+pub struct FbPlane<'a> {
+    pub handle: &'a GemHandle,
+    pub offset: u32,
+    pub pitch: u32,
+}
+
+impl DrmNode {
+    /// Checks scan-out-ability: `DRM_IOCTL_MODE_ADDFB2` with each plane in its own buffer
+    /// object (or several planes in one), then removes the framebuffer again. Every handle must
+    /// come from this node.
+    pub fn check_addfb2(
+        &self,
+        width: u32,
+        height: u32,
+        fourcc: u32,
+        modifier: Option<u64>,
+        planes: &[FbPlane<'_>],
+    ) -> Result<()> {
+        let invalid = |what: &str| Error::Io {
             op: "DRM_IOCTL_MODE_ADDFB2",
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "unknown DRM fourcc"),
-        })?;
-        let fb = Planes {
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()),
+        };
+        let format = DrmFourcc::try_from(fourcc).map_err(|_| invalid("unknown DRM fourcc"))?;
+        if planes.is_empty() || planes.len() > 4 {
+            return Err(invalid("a framebuffer has 1 to 4 planes"));
+        }
+        if planes.iter().any(|p| !std::ptr::eq(&*p.handle.node, self)) {
+            return Err(invalid("a plane's buffer was imported into another node"));
+        }
+        let mut fb = Planes {
             width,
             height,
             format,
             modifier: modifier.map(DrmModifier::from),
-            handle: self.handle,
-            offsets,
-            pitches,
+            handles: [None; 4],
+            offsets: [0; 4],
+            pitches: [0; 4],
         };
+        for (i, p) in planes.iter().enumerate() {
+            fb.handles[i] = Some(p.handle.handle);
+            fb.offsets[i] = p.offset;
+            fb.pitches[i] = p.pitch;
+        }
         let flags = if modifier.is_some() {
             drm::control::FbCmd2Flags::MODIFIERS
         } else {
             drm::control::FbCmd2Flags::empty()
         };
         let id = self
-            .node
             .add_planar_framebuffer(&fb, flags)
             .map_err(|e| Error::Io {
                 op: "DRM_IOCTL_MODE_ADDFB2",
                 source: e,
             })?;
-        let _ = self.node.destroy_framebuffer(id);
+        let _ = self.destroy_framebuffer(id);
         Ok(())
     }
 }
@@ -185,17 +251,17 @@ impl Drop for GemHandle {
     }
 }
 
-struct Planes<'a> {
+struct Planes {
     width: u32,
     height: u32,
     format: DrmFourcc,
     modifier: Option<DrmModifier>,
-    handle: drm::buffer::Handle,
-    offsets: &'a [u32],
-    pitches: &'a [u32],
+    handles: [Option<drm::buffer::Handle>; 4],
+    offsets: [u32; 4],
+    pitches: [u32; 4],
 }
 
-impl PlanarBuffer for Planes<'_> {
+impl PlanarBuffer for Planes {
     fn size(&self) -> (u32, u32) {
         (self.width, self.height)
     }
@@ -206,19 +272,13 @@ impl PlanarBuffer for Planes<'_> {
         self.modifier
     }
     fn pitches(&self) -> [u32; 4] {
-        let mut p = [0; 4];
-        p[..self.pitches.len()].copy_from_slice(self.pitches);
-        p
+        self.pitches
     }
     fn handles(&self) -> [Option<drm::buffer::Handle>; 4] {
-        let mut h = [None; 4];
-        h[..self.pitches.len()].fill(Some(self.handle));
-        h
+        self.handles
     }
     fn offsets(&self) -> [u32; 4] {
-        let mut o = [0; 4];
-        o[..self.offsets.len()].copy_from_slice(self.offsets);
-        o
+        self.offsets
     }
 }
 
@@ -292,4 +352,99 @@ impl DrmNode {
         let _ = self.close_buffer(handle);
         Ok((dmabuf, info))
     }
+}
+
+#[repr(C)]
+struct VgemFenceAttach {
+    handle: u32,
+    flags: u32,
+    out_fence: u32,
+    pad: u32,
+}
+
+#[repr(C)]
+struct VgemFenceSignal {
+    fence: u32,
+    flags: u32,
+}
+
+const VGEM_FENCE_WRITE: u32 = 1;
+const DRM_COMMAND_BASE: u8 = 0x40;
+const VGEM_FENCE_ATTACH: rustix::ioctl::Opcode =
+    rustix::ioctl::opcode::read_write::<VgemFenceAttach>(b'd', DRM_COMMAND_BASE + 1);
+const VGEM_FENCE_SIGNAL: rustix::ioctl::Opcode =
+    rustix::ioctl::opcode::write::<VgemFenceSignal>(b'd', DRM_COMMAND_BASE + 2);
+
+/// A fence vgem put on a buffer's reservation object, standing for a device access that has
+/// not finished: it stays unsignalled until [`VgemFence::signal`], its drop, or vgem's own
+/// 10 s timeout. How tests make a dma-buf busy the way a GPU or display would.
+#[derive(Debug)]
+pub struct VgemFence {
+    node: Arc<DrmNode>,
+    id: u32,
+    signalled: bool,
+}
+
+impl GemHandle {
+    /// Attaches an unsignalled vgem fence (`DRM_IOCTL_VGEM_FENCE_ATTACH`) to the buffer, as a
+    /// write (`write`) or read access. The handle must come from a vgem node.
+    pub fn attach_vgem_fence(&self, write: bool) -> Result<VgemFence> {
+        let mut arg = VgemFenceAttach {
+            handle: self.raw(),
+            flags: if write { VGEM_FENCE_WRITE } else { 0 },
+            out_fence: 0,
+            pad: 0,
+        };
+        // SAFETY: DRM_IOCTL_VGEM_FENCE_ATTACH reads and writes a `struct drm_vgem_fence_attach`,
+        // which `arg` is (same layout), and keeps no pointer to it.
+        unsafe {
+            rustix::ioctl::ioctl(
+                &self.node,
+                rustix::ioctl::Updater::<VGEM_FENCE_ATTACH, VgemFenceAttach>::new(&mut arg),
+            )
+        }
+        .map_err(|e| Error::Io {
+            op: "DRM_IOCTL_VGEM_FENCE_ATTACH (is this a vgem node?)",
+            source: e.into(),
+        })?;
+        Ok(VgemFence {
+            node: self.node.clone(),
+            id: arg.out_fence,
+            signalled: false,
+        })
+    }
+}
+
+impl VgemFence {
+    /// Signals the fence: the access it stands for is over.
+    pub fn signal(mut self) -> Result<()> {
+        self.signalled = true;
+        signal_vgem_fence(&self.node, self.id)
+    }
+}
+
+impl Drop for VgemFence {
+    fn drop(&mut self) {
+        if !self.signalled {
+            // ETIMEDOUT once vgem's own timeout signalled it: nothing left to do.
+            let _ = signal_vgem_fence(&self.node, self.id);
+        }
+    }
+}
+
+fn signal_vgem_fence(node: &DrmNode, fence: u32) -> Result<()> {
+    // SAFETY: DRM_IOCTL_VGEM_FENCE_SIGNAL only reads a `struct drm_vgem_fence_signal`.
+    unsafe {
+        rustix::ioctl::ioctl(
+            node,
+            rustix::ioctl::Setter::<VGEM_FENCE_SIGNAL, VgemFenceSignal>::new(VgemFenceSignal {
+                fence,
+                flags: 0,
+            }),
+        )
+    }
+    .map_err(|e| Error::Io {
+        op: "DRM_IOCTL_VGEM_FENCE_SIGNAL",
+        source: e.into(),
+    })
 }

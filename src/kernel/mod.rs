@@ -17,10 +17,10 @@ use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SyncAccess, dmabuf_name, dmabuf_size, read_dmabuf, set_dmabuf_name, sync_end, sync_start,
-    wait_idle,
+    SYNC_TIMEOUT, SyncAccess, dmabuf_name, dmabuf_size, idle_dmabufs, read_dmabuf, set_dmabuf_name,
+    sync_end, sync_start, sync_start_within, wait_idle,
 };
-pub use self::drm::{DrmNode, GemHandle, Scanout};
+pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, Scanout, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
 pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
 pub use self::memfd::Memfd;
@@ -72,6 +72,11 @@ pub enum Error {
     FdExhausted { op: &'static str },
     #[error("{op} failed: out of memory{hint}")]
     OutOfMemory { op: &'static str, hint: String },
+    #[error(
+        "{op}: a device was still using the dma-buf after {waited_ms} ms (its fences did not \
+         signal)"
+    )]
+    Busy { op: &'static str, waited_ms: u64 },
     #[error("{op} failed: {source}")]
     Io {
         op: &'static str,

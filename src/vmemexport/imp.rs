@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use gst::glib;
 use gst::prelude::*;
@@ -315,8 +316,11 @@ impl VmemExport {
         if settings.sync && outcome != Outcome::AlreadyDmabuf {
             // The CPU wrote these pages through another mapping: make the writes visible to
             // devices (DMA_BUF_IOCTL_SYNC needs a begin before the end on udmabuf).
+            // The writes are done already, so waiting for devices that still read the pages
+            // (a fence a client holds past the release guard's timeout) gains nothing and
+            // would stall the stream: a busy dma-buf skips the bracket.
             let fd = crate::memory::dmabuf_fd(&dmabuf).expect("exports are dma-buf memory");
-            let synced = kernel::sync_start(fd, SyncAccess::Write)
+            let synced = kernel::sync_start_within(fd, SyncAccess::Write, Duration::ZERO)
                 .and_then(|_| kernel::sync_end(fd, SyncAccess::Write));
             match synced {
                 Ok(()) => stats.syncs += 1,
@@ -342,7 +346,11 @@ impl VmemExport {
                 )
                 .map_err(|e| Refusal::Metadata(e.to_string()))?;
             gst::ParentBufferMeta::add(outm, source);
-            crate::memory::guard_release(outm, crate::memory::memory_ref(outm.peek_memory(0)));
+            crate::memory::guard_release(
+                outm,
+                crate::memory::memory_ref(outm.peek_memory(0)),
+                source.clone(),
+            );
         }
         Ok(out)
     }

@@ -145,6 +145,17 @@ impl LogCapture {
             .count()
     }
 
+    /// The captured messages of `category` that contain `needle`.
+    pub fn matching(&self, category: &str, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, m)| c == category && m.contains(needle))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
     /// Every captured message, in order.
     pub fn lines(&self) -> Vec<String> {
         self.lines
@@ -353,7 +364,8 @@ impl ScanoutProof {
 
 /// The inode of the dma-buf the first active CRTC of DRM driver `driver` scans out.
 pub fn scanout_inode(driver: &str) -> Result<u64, String> {
-    let node = gstvmem::kernel::DrmNode::open_driver(driver).map_err(|e| e.to_string())?;
+    let node = gstvmem::kernel::DrmNode::open_driver(driver, gstvmem::kernel::DrmUse::Kms)
+        .map_err(|e| e.to_string())?;
     let (fd, _) = node.scanout_dmabuf().map_err(|e| e.to_string())?;
     rustix::fs::fstat(&fd)
         .map(|st| st.st_ino)
