@@ -127,14 +127,24 @@ impl Client {
         }
     }
 
-    /// Tells the server this client is done with the frame's pages.
+    /// Tells the server this client is done with the frame's pages. A server that has gone
+    /// (the stream ended while we read) holds nothing any more: that is not an error, and the
+    /// frames it sent before are still there for [`Client::recv`].
     pub fn release(&self, frame: &ReceivedFrame) -> io::Result<()> {
         let msg = Message::Release {
             frame_number: frame.info.frame_number,
         }
         .encode();
-        kernel::send_with_fds(&self.fd, &msg, &[], SendFlags::empty())?;
-        Ok(())
+        match kernel::send_with_fds(&self.fd, &msg, &[], SendFlags::empty()) {
+            Err(e)
+                if [rustix::io::Errno::PIPE, rustix::io::Errno::CONNRESET]
+                    .iter()
+                    .any(|gone| e.raw_os_error() == Some(gone.raw_os_error())) =>
+            {
+                Ok(())
+            }
+            r => r.map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// The socket, for sending raw bytes in tests of the server's robustness.
@@ -221,6 +231,14 @@ mod tests {
         let release = Message::Release { frame_number: 1 }.encode();
         kernel::send_with_fds(&client.fd, &release, &[], SendFlags::empty()).unwrap();
         server.join().unwrap();
+        let frame = ReceivedFrame {
+            info: protocol::Frame::default(),
+            fds: Vec::new(),
+            fd_sizes: Vec::new(),
+        };
+        client
+            .release(&frame)
+            .expect("releasing to a server that left is no error");
         assert!(
             matches!(client.recv(), Ok(None)),
             "the goodbye, not ECONNRESET"
