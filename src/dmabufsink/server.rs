@@ -130,8 +130,15 @@ impl Server {
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )
         .map_err(|e| format!("eventfd: {e}"))?;
+        let released = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| format!("eventfd: {e}"))?;
         let inner = Arc::new(Mutex::new(Inner {
             listener: Arc::new(listener),
+            released: Arc::new(released),
+            waiting: false,
             settings,
             clients: Vec::new(),
             stats: ServerStats::default(),
@@ -178,11 +185,17 @@ impl Server {
             let Some(deadline) = full.iter().map(|(_, d)| *d).min() else {
                 break;
             };
+            // The socket thread may read the release we wait for: it then signals `released`.
+            inner.waiting = true;
+            let released = inner.released.clone();
             drop(inner);
             let mut polled: Vec<PollFd<'_>> = full
                 .iter()
                 .map(|(fd, _)| PollFd::new(fd.as_ref(), PollFlags::IN))
-                .chain(std::iter::once(PollFd::new(&self.wake, PollFlags::IN)))
+                .chain([
+                    PollFd::new(&self.wake, PollFlags::IN),
+                    PollFd::new(released.as_ref(), PollFlags::IN),
+                ])
                 .collect();
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = rustix::event::poll(
@@ -191,6 +204,9 @@ impl Server {
             );
             drop(polled);
             inner = self.inner.lock().unwrap();
+            inner.waiting = false;
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(released.as_ref(), &mut count);
             inner.service_clients(Instant::now());
         }
         inner.send(&bytes, frame.frame_number, fds, buffer);
@@ -290,6 +306,9 @@ fn service(inner: &Mutex<Inner>, stop: &AtomicBool) {
 /// The server's state: listener, clients and what they hold.
 struct Inner {
     listener: Arc<OwnedFd>,
+    /// An eventfd the socket thread writes when it read a release while `send` waits.
+    released: Arc<OwnedFd>,
+    waiting: bool,
     settings: ServerSettings,
     clients: Vec<Client>,
     stats: ServerStats,
@@ -467,6 +486,9 @@ impl Inner {
                         Some(at) => {
                             client.pending.remove(at);
                             self.stats.frames_released += 1;
+                            if self.waiting {
+                                let _ = rustix::io::write(&*self.released, &1u64.to_ne_bytes());
+                            }
                             continue;
                         }
                         None => format!("released frame {frame_number}, which it does not hold"),
