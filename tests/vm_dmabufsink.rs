@@ -559,8 +559,9 @@ fn idle_connections_past_max_clients_are_refused_and_the_pipeline_runs() {
     assert_eq!(stat(&s, "frames"), frames);
     assert_eq!(stat(&s, "clients-total"), 16, "max-clients defaults to 16");
     assert_eq!(stat(&s, "clients-refused"), connections - 16);
+    // 16 clients, the hoarder's pipes and whatever GStreamer opened meanwhile.
     assert!(
-        fds_held <= 16 + 4,
+        fds_held <= 16 + 8,
         "the server holds {fds_held} fds for idle clients"
     );
     let (fps, longest) = pace(&arrivals.lock().unwrap());
