@@ -20,6 +20,7 @@ mod imp;
 pub mod layout;
 pub mod protocol;
 mod server;
+mod socket_file;
 
 pub use client::{Client, ReceivedFrame};
 pub use protocol::RefusedReason;
