@@ -2,11 +2,16 @@
 //! Receives frames from a `dmabufsink socket-path=...`, maps each dma-buf (with
 //! DMA_BUF_IOCTL_SYNC around the read), prints its checksum and releases it.
 //!
-//!     cargo run --example dmabuf_client -- /tmp/frames.sock [--frames N] [--stall] [--no-release]
+//!     cargo run --example dmabuf_client -- /tmp/frames.sock [--frames N] [--server-uid UID]
 //!
-//! --frames N    stop after N frames
-//! --stall       connect, then read nothing (a client that never reads)
-//! --no-release  read frames but never release them
+//! --frames N          stop after N frames
+//! --server-uid UID    the uid the server must run as (default: ours); checked with SO_PEERCRED
+//!
+//! Misbehaving modes, for tests of the server:
+//!
+//! --stall                 connect, then read nothing (a client that never reads)
+//! --no-release            read frames but never release them
+//! --idle-connections N    open N connections and never read any of them (hoarding)
 //!
 //! Output, one line per frame: `frame <number> pts <ns> <w>x<h> <fourcc> fds <n> checksum <hex>`.
 
@@ -27,8 +32,18 @@ fn main() -> ExitCode {
         .and_then(|n| n.parse().ok());
     let stall = args.iter().any(|a| a == "--stall");
     let release = !args.iter().any(|a| a == "--no-release");
+    let number = |name: &str| -> Option<u32> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+    };
+    if let Some(n) = number("--idle-connections") {
+        return idle_connections(path, n);
+    }
+    let server_uid = number("--server-uid").unwrap_or_else(|| rustix::process::geteuid().as_raw());
 
-    let client = match Client::connect(path) {
+    let client = match Client::connect_to_uid(path, server_uid) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot connect to {path}: {e}");
@@ -79,5 +94,56 @@ fn main() -> ExitCode {
         }
     }
     println!("end after {received} frames");
+    ExitCode::SUCCESS
+}
+
+/// Opens `n` connections and keeps them without reading: what a process hoarding the server's
+/// fds does. Prints how many connected, then waits until stdin closes.
+fn idle_connections(path: &str, n: u32) -> ExitCode {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = match SocketAddrUnix::new(path) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut held, mut failed) = (Vec::new(), 0);
+    for _ in 0..n {
+        let fd = match rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("socket: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        // A full backlog answers EAGAIN: wait for the server to take the queued ones.
+        loop {
+            match rustix::net::connect(&fd, &addr) {
+                Ok(()) => {
+                    held.push(fd);
+                    break;
+                }
+                Err(rustix::io::Errno::AGAIN) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => {
+                    eprintln!("connect: {e}");
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    println!("opened {} idle connections, {failed} failed", held.len());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
     ExitCode::SUCCESS
 }

@@ -694,7 +694,7 @@ fn socket_clients(report: &mut Report) {
     let frames = 60u64;
     let pipeline = launch(&format!(
         "videotestsrc num-buffers={frames} is-live=true ! {CAPS} ! vmemexport ! \
-         dmabufsink name=s socket-path={sock}"
+         dmabufsink name=s socket-path={sock} drop-policy=wait"
     ));
     pipeline.set_state(gst::State::Paused).unwrap();
     let good = Client::connect(&sock).unwrap();

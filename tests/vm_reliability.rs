@@ -334,7 +334,7 @@ fn processes_at_once_share_udmabuf_and_heaps_without_cross_talk() {
                 &format!(
                     "exec gst-launch-1.0 -q videotestsrc num-buffers={frames} \
                      pattern={pattern} ! {BGRX} ! vmemexport {opts} copy-fallback=false ! \
-                     dmabufsink socket-path={sock}"
+                     dmabufsink socket-path={sock} drop-policy=wait"
                 ),
             ])
             .env("GST_PLUGIN_PATH", format!("{ROOT}/target/release"))

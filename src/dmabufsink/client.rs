@@ -9,6 +9,11 @@
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! The server is not trusted blindly either: [`Client::connect`] checks that it runs as our
+//! own user (`SO_PEERCRED`; [`Client::connect_to_uid`] names another), and [`Client::recv`]
+//! checks that every fd it received is a dma-buf large enough for the frame's layout, so a
+//! squatting process cannot make the reader fault (SIGBUS) on a truncated file.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -29,20 +34,48 @@ pub struct Client {
 pub struct ReceivedFrame {
     pub info: protocol::Frame,
     pub fds: Vec<OwnedFd>,
+    /// The size of each dma-buf in `fds`.
+    pub fd_sizes: Vec<u64>,
 }
 
 impl Client {
+    /// Connects to a server that runs as our own (effective) user.
     pub fn connect(path: impl AsRef<Path>) -> io::Result<Client> {
+        Client::connect_to_uid(path, rustix::process::geteuid().as_raw())
+    }
+
+    /// Connects to a server that must run as `server_uid` (for a server of another user that
+    /// lets us in with `allow-other-users` or `socket-group`).
+    pub fn connect_to_uid(path: impl AsRef<Path>, server_uid: u32) -> io::Result<Client> {
+        let path = path.as_ref();
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
         )?;
-        rustix::net::connect(&fd, &SocketAddrUnix::new(path.as_ref())?)?;
+        rustix::net::connect(&fd, &SocketAddrUnix::new(path)?)?;
+        let cred = kernel::peer_credentials(&fd)?;
+        if cred.uid != server_uid {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the server at {} runs as uid {}, not uid {server_uid}: not trusting it \
+                     (another user's process may have taken the path)",
+                    path.display(),
+                    cred.uid
+                ),
+            ));
+        }
         let mut client = Client { fd, max_pending: 0 };
         match client.recv_message()? {
             Some((Message::Hello(h), _)) => client.max_pending = h.max_pending,
+            Some((Message::Refused(reason), _)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("{} refused us: {reason}", path.display()),
+                ));
+            }
             other => {
                 return Err(invalid(format!(
                     "expected a hello, got {:?}",
@@ -55,7 +88,21 @@ impl Client {
 
     fn recv_message(&self) -> io::Result<Option<(Message, Vec<OwnedFd>)>> {
         let mut buf = [0u8; MAX_MESSAGE_SIZE];
-        let (n, fds) = kernel::recv_with_fds(&self.fd, &mut buf, RecvFlags::empty())?;
+        let mut reset = false;
+        let (n, fds) = loop {
+            match kernel::recv_with_fds(&self.fd, &mut buf, RecvFlags::empty()) {
+                // A server that closes while our releases are unread makes the kernel report
+                // ECONNRESET once, ahead of the messages still queued for us: read on.
+                Err(e)
+                    if !reset
+                        && e.raw_os_error()
+                            == Some(rustix::io::Errno::CONNRESET.raw_os_error()) =>
+                {
+                    reset = true;
+                }
+                r => break r?,
+            }
+        };
         if n == 0 {
             return Ok(None);
         }
@@ -63,29 +110,70 @@ impl Client {
         Ok(Some((msg, fds)))
     }
 
-    /// The next frame; `None` at end of stream (the server said goodbye or went away).
+    /// The next frame; `None` at end of stream (the server said goodbye or went away). A frame
+    /// whose fds are not dma-bufs, or are smaller than its layout says, is an error.
     pub fn recv(&self) -> io::Result<Option<ReceivedFrame>> {
         match self.recv_message()? {
             None | Some((Message::Bye, _)) => Ok(None),
-            Some((Message::Frame(info), fds)) => Ok(Some(ReceivedFrame { info, fds })),
+            Some((Message::Frame(info), fds)) => {
+                let fd_sizes = check_fds(&info, &fds)?;
+                Ok(Some(ReceivedFrame {
+                    info,
+                    fds,
+                    fd_sizes,
+                }))
+            }
             Some((other, _)) => Err(invalid(format!("unexpected {other:?}"))),
         }
     }
 
-    /// Tells the server this client is done with the frame's pages.
+    /// Tells the server this client is done with the frame's pages. A server that has gone
+    /// (the stream ended while we read) holds nothing any more: that is not an error, and the
+    /// frames it sent before are still there for [`Client::recv`].
     pub fn release(&self, frame: &ReceivedFrame) -> io::Result<()> {
         let msg = Message::Release {
             frame_number: frame.info.frame_number,
         }
         .encode();
-        kernel::send_with_fds(&self.fd, &msg, &[], SendFlags::empty())?;
-        Ok(())
+        match kernel::send_with_fds(&self.fd, &msg, &[], SendFlags::empty()) {
+            Err(e)
+                if [rustix::io::Errno::PIPE, rustix::io::Errno::CONNRESET]
+                    .iter()
+                    .any(|gone| e.raw_os_error() == Some(gone.raw_os_error())) =>
+            {
+                Ok(())
+            }
+            r => r.map(|_| ()).map_err(Into::into),
+        }
     }
 
     /// The socket, for sending raw bytes in tests of the server's robustness.
     pub fn socket(&self) -> &OwnedFd {
         &self.fd
     }
+}
+
+/// Checks each fd is a dma-buf holding what the frame says lies in it; returns their sizes.
+fn check_fds(info: &protocol::Frame, fds: &[OwnedFd]) -> io::Result<Vec<u64>> {
+    let need = protocol::required_fd_sizes(info);
+    let mut sizes = Vec::with_capacity(fds.len());
+    for (i, fd) in fds.iter().enumerate() {
+        if !kernel::is_dmabuf(fd.as_fd()) {
+            return Err(invalid(format!(
+                "frame {}: fd {i} is not a dma-buf: refusing to map it",
+                info.frame_number
+            )));
+        }
+        let size = kernel::dmabuf_size(fd.as_fd())?;
+        if size < need[i] {
+            return Err(invalid(format!(
+                "frame {}: dma-buf {i} has {size} bytes, but the frame's layout ({}x{}) needs {}",
+                info.frame_number, info.width, info.height, need[i]
+            )));
+        }
+        sizes.push(size);
+    }
+    Ok(sizes)
 }
 
 impl ReceivedFrame {
@@ -104,4 +192,57 @@ impl ReceivedFrame {
 
 fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that closes while our release is unread: the kernel reports ECONNRESET ahead
+    /// of the messages still queued for us, which must still be read (here: its goodbye).
+    #[test]
+    fn what_the_server_sent_before_closing_is_read_despite_a_reset() {
+        let dir = std::env::temp_dir().join(format!("vmem-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 1).unwrap();
+        let server = std::thread::spawn(move || {
+            let conn = rustix::net::accept(&listener).unwrap();
+            let hello = Message::Hello(protocol::Hello { max_pending: 4 }).encode();
+            kernel::send_with_fds(&conn, &hello, &[], SendFlags::empty()).unwrap();
+            // Wait for the client's message, leave it unread, say goodbye and close.
+            let mut fds = [rustix::event::PollFd::new(
+                &conn,
+                rustix::event::PollFlags::IN,
+            )];
+            rustix::event::poll(&mut fds, None).unwrap();
+            kernel::send_with_fds(&conn, &Message::Bye.encode(), &[], SendFlags::empty()).unwrap();
+        });
+        let client = Client::connect(&path).unwrap();
+        let release = Message::Release { frame_number: 1 }.encode();
+        kernel::send_with_fds(&client.fd, &release, &[], SendFlags::empty()).unwrap();
+        server.join().unwrap();
+        let frame = ReceivedFrame {
+            info: protocol::Frame::default(),
+            fds: Vec::new(),
+            fd_sizes: Vec::new(),
+        };
+        client
+            .release(&frame)
+            .expect("releasing to a server that left is no error");
+        assert!(
+            matches!(client.recv(), Ok(None)),
+            "the goodbye, not ECONNRESET"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -30,6 +30,16 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// Imports kept at most; past it the cache starts over (a pool that keeps allocating).
 const MAX_IMPORTS: usize = 64;
 
+const DEFAULT_MAX_PENDING: u32 = 4;
+const DEFAULT_DROP_POLICY: DropPolicy = DropPolicy::Skip;
+const DEFAULT_ALLOW_OTHER_USERS: bool = false;
+/// Enough for a few viewers and recorders; each client costs an fd and may hold
+/// `max-pending` frames, so this also bounds how far upstream's pool can grow for clients.
+const DEFAULT_MAX_CLIENTS: u32 = 16;
+/// Generous for a consumer that encodes or displays a frame (even under emulation), short
+/// enough that a fixed-size upstream pool does not stall for long on a client that hangs.
+const DEFAULT_HOLD_TIMEOUT_MS: u32 = 5000;
+
 #[derive(Debug, Clone)]
 struct Settings {
     drm_device: Option<String>,
@@ -39,6 +49,9 @@ struct Settings {
     max_pending: u32,
     drop_policy: DropPolicy,
     allow_other_users: bool,
+    socket_group: Option<String>,
+    max_clients: u32,
+    hold_timeout_ms: u32,
 }
 
 impl Default for Settings {
@@ -48,9 +61,12 @@ impl Default for Settings {
             drm_addfb: false,
             allow_non_dmabuf: false,
             socket_path: None,
-            max_pending: 4,
-            drop_policy: DropPolicy::Skip,
-            allow_other_users: false,
+            max_pending: DEFAULT_MAX_PENDING,
+            drop_policy: DEFAULT_DROP_POLICY,
+            allow_other_users: DEFAULT_ALLOW_OTHER_USERS,
+            socket_group: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            hold_timeout_ms: DEFAULT_HOLD_TIMEOUT_MS,
         }
     }
 }
@@ -77,13 +93,15 @@ struct State {
     imports: HashMap<u64, Import>,
     /// Frame layouts (per plane: inode, offset, pitch) AddFB2 was tried with.
     checked_layouts: HashSet<Vec<(u64, u32, u32)>>,
-    server: Option<Server>,
+    server: Option<Arc<Server>>,
 }
 
 #[derive(Default)]
 pub struct DmabufSink {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    /// The socket server as well, for `unlock` and the stats, which must not wait for `state`.
+    server: Mutex<Option<Arc<Server>>>,
     stats: Mutex<Stats>,
     /// Whether this run posted its warning already (only the first is posted; all are logged).
     warned: AtomicBool,
@@ -94,22 +112,25 @@ pub struct DmabufSink {
 impl DmabufSink {
     fn stats_structure(&self) -> gst::Structure {
         let s = *self.stats.lock().unwrap();
-        let state = self.state.lock().unwrap();
-        let server = state.as_ref().and_then(|s| s.server.as_ref());
-        let ss = server.map_or_else(|| *self.last_server_stats.lock().unwrap(), |s| s.stats());
+        let server = self.server.lock().unwrap().clone();
+        let ss = server
+            .as_ref()
+            .map_or_else(|| *self.last_server_stats.lock().unwrap(), |s| s.stats());
         gst::Structure::builder("dmabufsink-stats")
             .field("frames", s.frames)
             .field("imported", s.imported)
             .field("import-failures", s.import_failures)
             .field("addfb-failures", s.addfb_failures)
             .field("non-dmabuf", s.non_dmabuf)
-            .field("clients", server.map_or(0, |s| s.client_count() as u64))
-            .field("clients-total", ss.clients)
+            .field("clients", if server.is_some() { ss.clients } else { 0 })
+            .field("clients-total", ss.clients_total)
             .field("clients-refused", ss.clients_refused)
+            .field("clients-timed-out", ss.clients_timed_out)
             .field("frames-sent", ss.frames_sent)
             .field("frames-dropped", ss.frames_dropped)
             .field("frames-released", ss.frames_released)
             .field("protocol-errors", ss.protocol_errors)
+            .field("accept-errors", ss.accept_errors)
             .build()
     }
 
@@ -319,7 +340,8 @@ impl ObjectImpl for DmabufSink {
                     .nick("DRM device")
                     .blurb(
                         "PRIME-import every new dma-buf into this DRM node: a path (/dev/dri/card1) or \
-                         driver:NAME (driver:vkms); unset: no import",
+                         driver:NAME (driver:vkms), which opens its render node, or its card node with \
+                         drm-addfb; DRM master is never kept. Unset: no import",
                     )
                     .mutable_ready()
                     .build(),
@@ -338,8 +360,10 @@ impl ObjectImpl for DmabufSink {
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
                     .blurb(
-                        "Share frames over a Unix SOCK_SEQPACKET socket at this path (mode 0600), passing \
-                         their dma-buf fds; see docs/protocol.md. Unset: no sharing",
+                        "Share frames over a Unix SOCK_SEQPACKET socket at this path, passing their dma-buf \
+                         fds (any client may write to the pages: see docs/protocol.md). Mode 0600 unless \
+                         socket-group or allow-other-users say otherwise; PATH.lock is held while serving. \
+                         Unset: no sharing",
                     )
                     .mutable_ready()
                     .build(),
@@ -348,25 +372,65 @@ impl ObjectImpl for DmabufSink {
                     .blurb("Frames a client may hold unreleased; past it the drop policy applies")
                     .minimum(1)
                     .maximum(64)
-                    .default_value(4)
+                    .default_value(DEFAULT_MAX_PENDING)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("drop-policy", DropPolicy::Skip)
+                glib::ParamSpecEnum::builder_with_default("drop-policy", DEFAULT_DROP_POLICY)
                     .nick("Drop policy")
-                    .blurb("What happens to a client at max-pending: it misses frames (skip) or is disconnected")
+                    .blurb(
+                        "What happens to a client at max-pending: it misses frames (skip), is disconnected \
+                         (disconnect), or the pipeline waits for it, at most until its oldest frame reaches \
+                         hold-timeout (wait: lossless, for recorders)",
+                    )
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("allow-other-users")
                     .nick("Allow other users")
-                    .blurb("Serve clients of another uid (checked with SO_PEERCRED); off: only our own uid")
-                    .default_value(false)
+                    .blurb(
+                        "Serve clients of every uid: the socket file gets mode 0666 and the SO_PEERCRED \
+                         uid check is off. Off: only our own uid (and socket-group's members, if set)",
+                    )
+                    .default_value(DEFAULT_ALLOW_OTHER_USERS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("socket-group")
+                    .nick("Socket group")
+                    .blurb(
+                        "Also serve members of this group (a name or a gid; this user must be a member): \
+                         the socket file gets this group and mode 0660, and a client of another uid is \
+                         served only if SO_PEERCRED/SO_PEERGROUPS show the group. Unset: no group access",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-clients")
+                    .nick("Max clients")
+                    .blurb(
+                        "Clients served at once; more are told so and disconnected (stats: clients-refused). \
+                         Bounds the fds and the frames clients can hold (max-clients x max-pending)",
+                    )
+                    .minimum(1)
+                    .maximum(1024)
+                    .default_value(DEFAULT_MAX_CLIENTS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("hold-timeout")
+                    .nick("Hold timeout")
+                    .blurb(
+                        "Milliseconds a client may hold a frame unreleased; a client that holds one longer \
+                         is disconnected and its frames return upstream (stats: clients-timed-out)",
+                    )
+                    .minimum(10)
+                    .maximum(3_600_000)
+                    .default_value(DEFAULT_HOLD_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "frames, imported, import-failures, addfb-failures, non-dmabuf, clients, clients-total, \
-                         clients-refused, frames-sent, frames-dropped, frames-released, protocol-errors",
+                         clients-refused (uid or max-clients), clients-timed-out (hold-timeout), frames-sent, \
+                         frames-dropped, frames-released, protocol-errors (clients disconnected for a bad or \
+                         unknown message), accept-errors (accept failed, e.g. out of fds; retried with back-off)",
                     )
                     .read_only()
                     .build(),
@@ -385,6 +449,9 @@ impl ObjectImpl for DmabufSink {
             "max-pending" => s.max_pending = value.get().unwrap(),
             "drop-policy" => s.drop_policy = value.get().unwrap(),
             "allow-other-users" => s.allow_other_users = value.get().unwrap(),
+            "socket-group" => s.socket_group = value.get().unwrap(),
+            "max-clients" => s.max_clients = value.get().unwrap(),
+            "hold-timeout" => s.hold_timeout_ms = value.get().unwrap(),
             _ => unimplemented!(),
         }
     }
@@ -402,6 +469,9 @@ impl ObjectImpl for DmabufSink {
             "max-pending" => s.max_pending.to_value(),
             "drop-policy" => s.drop_policy.to_value(),
             "allow-other-users" => s.allow_other_users.to_value(),
+            "socket-group" => s.socket_group.to_value(),
+            "max-clients" => s.max_clients.to_value(),
+            "hold-timeout" => s.hold_timeout_ms.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -459,14 +529,28 @@ impl BaseSinkImpl for DmabufSink {
             )?)),
             None => None,
         };
+        let socket_group = match &settings.socket_group {
+            Some(name) => Some(kernel::group_id(name).ok_or_else(|| {
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("socket-group: no group {name}: give a group name or a numeric gid")
+                )
+            })?),
+            None => None,
+        };
         let server = match &settings.socket_path {
-            Some(path) => Some(
+            Some(path) => Some(Arc::new(
                 Server::bind(
                     Path::new(path),
                     ServerSettings {
                         max_pending: settings.max_pending,
                         drop_policy: settings.drop_policy,
                         allow_other_users: settings.allow_other_users,
+                        socket_group,
+                        max_clients: settings.max_clients,
+                        hold_timeout: std::time::Duration::from_millis(
+                            settings.hold_timeout_ms.into(),
+                        ),
                     },
                 )
                 .map_err(|e| {
@@ -475,9 +559,10 @@ impl BaseSinkImpl for DmabufSink {
                         ("Cannot serve on {path}: {e}")
                     )
                 })?,
-            ),
+            )),
             None => None,
         };
+        *self.server.lock().unwrap() = server.clone();
         if let Some(node) = &drm {
             gst::info!(
                 CAT,
@@ -503,19 +588,34 @@ impl BaseSinkImpl for DmabufSink {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Clients, their unreleased frames, imports and the DRM node all go now.
-        if let Some(state) = self.state.lock().unwrap().take()
-            && let Some(server) = state.server
-        {
+        let state = self.state.lock().unwrap().take();
+        let server = self.server.lock().unwrap().take();
+        if let Some(server) = server {
             server.finish();
             self.log_server_events(&server);
             *self.last_server_stats.lock().unwrap() = server.stats();
         }
+        drop(state);
         gst::debug!(
             CAT,
             imp = self,
             "stats at stop: {:?}",
             *self.stats.lock().unwrap()
         );
+        Ok(())
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(server) = self.server.lock().unwrap().as_ref() {
+            server.interrupt();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(server) = self.server.lock().unwrap().as_ref() {
+            server.resume();
+        }
         Ok(())
     }
 
@@ -587,7 +687,7 @@ impl BaseSinkImpl for DmabufSink {
                 }
             }
         }
-        let warnings = {
+        let (warnings, share) = {
             let mut guard = self.state.lock().unwrap();
             let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let planes = match state.info.as_ref().map(|info| frame_layout(buffer, info)) {
@@ -607,17 +707,21 @@ impl BaseSinkImpl for DmabufSink {
                 None => None,
             };
             let warnings = self.import(state, &settings, buffer, planes.as_deref(), &mut stats);
-            if let (Some(info), Some(planes)) = (state.info.clone(), planes) {
-                let fourcc = state.fourcc;
-                if let Some(server) = state.server.as_ref() {
-                    self.share(server, &info, fourcc, buffer, &planes, frame_number);
-                    self.log_server_events(server);
+            // Shared after the state lock is released: with drop-policy=wait, sending may wait.
+            let share = match (state.info.clone(), planes, state.server.clone()) {
+                (Some(info), Some(planes), Some(server)) => {
+                    Some((info, state.fourcc, planes, server))
                 }
-            }
-            warnings
+                _ => None,
+            };
+            (warnings, share)
         };
         *self.stats.lock().unwrap() = stats;
         self.warn(&warnings);
+        if let Some((info, fourcc, planes, server)) = share {
+            self.share(&server, &info, fourcc, buffer, &planes, frame_number);
+            self.log_server_events(&server);
+        }
         Ok(gst::FlowSuccess::Ok)
     }
 }

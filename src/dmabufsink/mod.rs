@@ -20,8 +20,10 @@ mod imp;
 pub mod layout;
 pub mod protocol;
 mod server;
+mod socket_file;
 
 pub use client::{Client, ReceivedFrame};
+pub use protocol::RefusedReason;
 
 glib::wrapper! {
     pub struct DmabufSink(ObjectSubclass<imp::DmabufSink>)
@@ -40,6 +42,13 @@ pub enum DropPolicy {
     /// The client is disconnected.
     #[enum_value(name = "Disconnect: the busy client is dropped", nick = "disconnect")]
     Disconnect,
+    /// Lossless: the pipeline waits for the client to release a frame, at most until the
+    /// client's oldest frame reaches `hold-timeout`; then the client is disconnected.
+    #[enum_value(
+        name = "Wait: the pipeline waits for the busy client, up to hold-timeout",
+        nick = "wait"
+    )]
+    Wait,
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -25,6 +25,40 @@ pub enum Kind {
     Release = 3,
     /// Server -> client: end of stream; the server closes the connection after it.
     Bye = 4,
+    /// Server -> client, instead of a hello: why the server will not serve this client; the
+    /// server closes the connection after it.
+    Refused = 5,
+}
+
+/// Why a server refused a client (the `reason` of a refused message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RefusedReason {
+    /// The server already serves `max-clients` clients.
+    TooManyClients = 1,
+    /// The client's user is not allowed (see `allow-other-users` and `socket-group`).
+    UserNotAllowed = 2,
+}
+
+impl RefusedReason {
+    fn from_u32(v: u32) -> Option<RefusedReason> {
+        match v {
+            1 => Some(RefusedReason::TooManyClients),
+            2 => Some(RefusedReason::UserNotAllowed),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefusedReason::TooManyClients => "the server already serves max-clients clients",
+            RefusedReason::UserNotAllowed => {
+                "this user is not allowed (see dmabufsink's allow-other-users and socket-group)"
+            }
+        })
+    }
 }
 
 /// Why a message could not be decoded.
@@ -46,6 +80,8 @@ pub enum ProtocolError {
     Planes(u32),
     #[error("frame names fd index {0} but carries {1} fds")]
     FdIndex(u8, u32),
+    #[error("unknown refusal reason {0}")]
+    Reason(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +123,7 @@ pub enum Message {
     Frame(Frame),
     Release { frame_number: u64 },
     Bye,
+    Refused(RefusedReason),
 }
 
 struct Writer(Vec<u8>);
@@ -178,6 +215,11 @@ impl Message {
                 w.finish()
             }
             Message::Bye => Writer::new(Kind::Bye).finish(),
+            Message::Refused(reason) => {
+                let mut w = Writer::new(Kind::Refused);
+                w.u32(*reason as u32);
+                w.finish()
+            }
         }
     }
 
@@ -247,6 +289,10 @@ impl Message {
                 frame_number: r.u64()?,
             },
             4 => Message::Bye,
+            5 => {
+                let v = r.u32()?;
+                Message::Refused(RefusedReason::from_u32(v).ok_or(ProtocolError::Reason(v))?)
+            }
             k => return Err(ProtocolError::UnknownKind(k)),
         };
         if r.at != bytes.len() {
@@ -257,6 +303,44 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// Rows of `plane` in a frame of `height` rows of DRM format `fourcc`. Only 4:2:0 formats
+/// subsample vertically among the formats a dmabufsink sends; for a format it does not know,
+/// the chroma planes are taken to be half height (the smallest any common format has).
+pub fn plane_rows(fourcc: u32, plane: usize, height: u32) -> u32 {
+    const FULL_HEIGHT: [&[u8; 4]; 22] = [
+        b"NV16", b"NV61", b"NV24", b"YU16", b"YU24", b"YUYV", b"YVYU", b"UYVY", b"VYUY", b"XR24",
+        b"AR24", b"XB24", b"AB24", b"BX24", b"BA24", b"RX24", b"RA24", b"BG24", b"RG24", b"RG16",
+        b"BG16", b"R8  ",
+    ];
+    if plane == 0
+        || FULL_HEIGHT
+            .iter()
+            .any(|f| u32::from_le_bytes(**f) == fourcc)
+    {
+        height
+    } else {
+        height.div_ceil(2)
+    }
+}
+
+/// The bytes each attached fd must at least hold for `frame` to be what it says: every row of
+/// every plane, and the `size` bytes of fd 0 a checksum reads. Indexed like the fds.
+pub fn required_fd_sizes(frame: &Frame) -> Vec<u64> {
+    let mut need = vec![0u64; frame.n_fds as usize];
+    if let Some(first) = need.first_mut() {
+        *first = frame.size;
+    }
+    for plane in 0..(frame.n_planes as usize).min(MAX_PLANES) {
+        let Some(slot) = need.get_mut(frame.plane_fd[plane] as usize) else {
+            continue;
+        };
+        let rows = u64::from(plane_rows(frame.fourcc, plane, frame.height));
+        let end = u64::from(frame.offsets[plane]) + u64::from(frame.strides[plane]) * rows;
+        *slot = (*slot).max(end);
+    }
+    need
 }
 
 /// FNV-1a over `bytes`: the checksum the example client prints and the tests compare.
@@ -295,6 +379,8 @@ mod tests {
             (Message::Frame(frame()), 1),
             (Message::Release { frame_number: 9 }, 0),
             (Message::Bye, 0),
+            (Message::Refused(RefusedReason::TooManyClients), 0),
+            (Message::Refused(RefusedReason::UserNotAllowed), 0),
         ] {
             let bytes = msg.encode();
             assert!(bytes.len() <= MAX_MESSAGE_SIZE);
@@ -353,6 +439,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn required_sizes_follow_the_layout() {
+        // NV12 640x480 in one fd: luma 640x480, chroma 640x240 from 307200.
+        assert_eq!(required_fd_sizes(&frame()), vec![460_800]);
+        let mut f = frame();
+        f.size = 0;
+        f.n_fds = 2;
+        f.plane_fd = [0, 1, 0, 0];
+        f.offsets = [0, 4096, 0, 0];
+        assert_eq!(required_fd_sizes(&f), vec![307_200, 4096 + 153_600]);
+        let mut f = frame();
+        f.fourcc = u32::from_le_bytes(*b"YU16");
+        f.n_planes = 3;
+        f.offsets = [0, 307_200, 460_800, 0];
+        f.strides = [640, 320, 320, 0];
+        f.size = 0;
+        assert_eq!(required_fd_sizes(&f), vec![460_800 + 320 * 480]);
+        // Fields a hostile server made up cannot overflow.
+        let mut f = frame();
+        f.offsets = [u32::MAX; 4];
+        f.strides = [u32::MAX; 4];
+        f.height = u32::MAX;
+        assert!(required_fd_sizes(&f)[0] > u64::from(u32::MAX));
+    }
+
     /// A deterministic fuzz: random bytes, and valid messages with one byte changed, never
     /// panic the decoder, and what it accepts re-encodes to the same bytes.
     #[test]
@@ -363,13 +474,14 @@ mod tests {
             Message::Frame(frame()).encode(),
             Message::Release { frame_number: 3 }.encode(),
             Message::Bye.encode(),
+            Message::Refused(RefusedReason::TooManyClients).encode(),
         ];
         for round in 0..50_000 {
             let mut bytes = if round % 2 == 0 {
                 let len = (next() % (MAX_MESSAGE_SIZE as u64 + 1)) as usize;
                 (0..len).map(|_| next() as u8).collect::<Vec<u8>>()
             } else {
-                valid[(next() % 4) as usize].clone()
+                valid[(next() % valid.len() as u64) as usize].clone()
             };
             if !bytes.is_empty() {
                 let at = (next() % bytes.len() as u64) as usize;

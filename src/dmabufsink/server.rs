@@ -1,59 +1,153 @@
 // SPDX-License-Identifier: MPL-2.0
 //! dmabufsink's socket side: accepts clients, sends them frames with their dma-buf fds and
-//! keeps each sent frame alive until the client releases it. A small thread accepts clients
-//! and reads their releases as they come; frames are sent from the streaming thread. Every
-//! socket operation is non-blocking: a slow, dead or hostile client can cost itself frames,
-//! never the pipeline its throughput.
+//! keeps each sent frame alive until the client releases it. A small thread accepts clients,
+//! reads their releases and expires frames held too long; frames are sent from the streaming
+//! thread.
+//!
+//! Peers are untrusted, and the pipeline must never stall because of them. So every socket
+//! operation is non-blocking, the work done for one client under the lock is bounded (a few
+//! messages per wake-up, and a client can only send as many valid messages as it holds frames),
+//! the number of clients is bounded (`max-clients`), and so is the time a client may hold a
+//! frame (`hold-timeout`). The only wait is `drop-policy=wait`'s, which the lock is not held
+//! across, which `hold-timeout` bounds and which `unlock` interrupts.
 
-use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
 use super::DropPolicy;
-use super::protocol::{Frame, Hello, MAX_MESSAGE_SIZE, Message};
+use super::protocol::{Frame, Hello, MAX_MESSAGE_SIZE, Message, RefusedReason};
+use super::socket_file::SocketFile;
 use crate::kernel;
+
+/// Events kept for the element's log between two renders; more are counted, not stored.
+const MAX_EVENTS: usize = 64;
+/// Connections accepted per wake-up of the socket thread.
+const ACCEPT_BUDGET: usize = 16;
+/// How long the socket thread sleeps at most, so it sees `stop` and expired frames in time.
+const TICK: Duration = Duration::from_millis(100);
+/// Back-off after `accept` failed for want of fds or memory: doubles up to the maximum.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub max_pending: u32,
     pub drop_policy: DropPolicy,
+    /// Serve clients of any uid (socket file mode 0666).
     pub allow_other_users: bool,
+    /// Serve members of this group too (socket file mode 0660, owned by this group).
+    pub socket_group: Option<u32>,
+    pub max_clients: u32,
+    pub hold_timeout: Duration,
+}
+
+impl ServerSettings {
+    /// The socket file's mode: the kernel checks it at `connect`, before our peer check.
+    fn mode(&self) -> u32 {
+        if self.allow_other_users {
+            0o666
+        } else if self.socket_group.is_some() {
+            0o660
+        } else {
+            0o600
+        }
+    }
 }
 
 /// What happened on the socket, for the element's stats and log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ServerStats {
+    /// Connected now.
     pub clients: u64,
+    /// Ever served.
+    pub clients_total: u64,
     pub clients_refused: u64,
+    pub clients_timed_out: u64,
     pub frames_sent: u64,
     pub frames_dropped: u64,
     pub frames_released: u64,
     pub protocol_errors: u64,
+    pub accept_errors: u64,
+}
+
+struct Pending {
+    frame_number: u64,
+    sent: Instant,
+    /// Keeps the frame's pages from being reused until the client releases them.
+    _buffer: gst::Buffer,
 }
 
 struct Client {
-    fd: OwnedFd,
+    /// Shared with the socket thread's poll, so it waits without the lock and without a dup.
+    fd: Arc<OwnedFd>,
     pid: i32,
-    /// Frames sent and not yet released, kept alive (with their pages) until then.
-    pending: HashMap<u64, gst::Buffer>,
+    /// Frames sent and not yet released, oldest first (at most `max-pending`).
+    pending: VecDeque<Pending>,
+}
+
+impl Client {
+    /// When its oldest frame has been held for `hold`.
+    fn deadline(&self, hold: Duration) -> Option<Instant> {
+        self.pending.front().map(|p| p.sent + hold)
+    }
+}
+
+/// How a client is named in the log: pid 0 means its process is in a PID namespace ours
+/// cannot see.
+fn who(pid: i32) -> String {
+    if pid == 0 {
+        "client (pid not visible: another PID namespace)".into()
+    } else {
+        format!("client pid {pid}")
+    }
 }
 
 /// The socket server: its state, shared with the thread that services it.
 pub struct Server {
     inner: Arc<Mutex<Inner>>,
     stop: Arc<AtomicBool>,
+    /// Set by [`Server::interrupt`]: a waiting `send` returns at once.
+    flushing: AtomicBool,
+    /// An eventfd a waiting `send` polls, written by [`Server::interrupt`].
+    wake: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
-    path: PathBuf,
+    /// Declared last: the file goes after the thread and the clients.
+    _file: SocketFile,
 }
 
 impl Server {
-    /// Listens on `path` (see [`Inner::bind`]) and starts servicing clients.
+    /// Listens on `path` (see [`SocketFile::create`]) and starts servicing clients.
     pub fn bind(path: &Path, settings: ServerSettings) -> Result<Server, String> {
-        let inner = Arc::new(Mutex::new(Inner::bind(path, settings)?));
+        let (listener, file) = SocketFile::create(path, settings.mode(), settings.socket_group)?;
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| format!("eventfd: {e}"))?;
+        let released = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| format!("eventfd: {e}"))?;
+        let inner = Arc::new(Mutex::new(Inner {
+            listener: Arc::new(listener),
+            released: Arc::new(released),
+            waiting: false,
+            settings,
+            clients: Vec::new(),
+            stats: ServerStats::default(),
+            events: Vec::new(),
+            events_lost: 0,
+            accept_paused_until: None,
+            accept_backoff: ACCEPT_BACKOFF_MIN,
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (inner, stop) = (inner.clone(), stop.clone());
@@ -65,28 +159,95 @@ impl Server {
         Ok(Server {
             inner,
             stop,
+            flushing: AtomicBool::new(false),
+            wake,
             thread: Some(thread),
-            path: path.into(),
+            _file: file,
         })
     }
 
+    /// Sends `frame` (whose pages `buffer` holds) to every client that has room for it. With
+    /// `drop-policy=wait` it first waits for full clients, without the lock, until each has
+    /// room or has held its oldest frame for `hold-timeout` (and is then disconnected), or
+    /// until [`Server::interrupt`].
     pub fn send(&self, frame: &Frame, fds: &[BorrowedFd<'_>], buffer: &gst::Buffer) {
+        let bytes = Message::Frame(*frame).encode();
         let mut inner = self.inner.lock().unwrap();
-        inner.poll();
-        inner.send(frame, fds, buffer);
+        inner.service_clients(Instant::now());
+        while inner.settings.drop_policy == DropPolicy::Wait && !self.flushing() {
+            let hold = inner.settings.hold_timeout;
+            let max = inner.settings.max_pending as usize;
+            let full: Vec<(Arc<OwnedFd>, Instant)> = inner
+                .clients
+                .iter()
+                .filter(|c| c.pending.len() >= max)
+                .filter_map(|c| Some((c.fd.clone(), c.deadline(hold)?)))
+                .collect();
+            let Some(deadline) = full.iter().map(|(_, d)| *d).min() else {
+                break;
+            };
+            // The socket thread may read the release we wait for: it then signals `released`.
+            inner.waiting = true;
+            let released = inner.released.clone();
+            drop(inner);
+            let mut polled: Vec<PollFd<'_>> = full
+                .iter()
+                .map(|(fd, _)| PollFd::new(fd.as_ref(), PollFlags::IN))
+                .chain([
+                    PollFd::new(&self.wake, PollFlags::IN),
+                    PollFd::new(released.as_ref(), PollFlags::IN),
+                ])
+                .collect();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = rustix::event::poll(
+                &mut polled,
+                Some(&timespec(left.max(Duration::from_millis(1)))),
+            );
+            drop(polled);
+            inner = self.inner.lock().unwrap();
+            inner.waiting = false;
+            let mut count = [0u8; 8];
+            let _ = rustix::io::read(released.as_ref(), &mut count);
+            inner.service_clients(Instant::now());
+        }
+        inner.send(&bytes, frame.frame_number, fds, buffer);
+    }
+
+    fn flushing(&self) -> bool {
+        self.flushing.load(Ordering::SeqCst)
+    }
+
+    /// Makes a waiting [`Server::send`] return now, and later ones not wait (BaseSink's
+    /// `unlock`: flushing or a state change).
+    pub fn interrupt(&self) {
+        self.flushing.store(true, Ordering::SeqCst);
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Undoes [`Server::interrupt`] (BaseSink's `unlock_stop`).
+    pub fn resume(&self) {
+        self.flushing.store(false, Ordering::SeqCst);
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.wake, &mut buf);
     }
 
     pub fn stats(&self) -> ServerStats {
-        self.inner.lock().unwrap().stats
-    }
-
-    pub fn client_count(&self) -> usize {
-        self.inner.lock().unwrap().clients.len()
+        let inner = self.inner.lock().unwrap();
+        ServerStats {
+            clients: inner.clients.len() as u64,
+            ..inner.stats
+        }
     }
 
     /// What happened since the last call, for the element's log.
     pub fn take_events(&self) -> Vec<String> {
-        std::mem::take(&mut self.inner.lock().unwrap().events)
+        let mut inner = self.inner.lock().unwrap();
+        let mut events = std::mem::take(&mut inner.events);
+        let lost = std::mem::take(&mut inner.events_lost);
+        if lost > 0 {
+            events.push(format!("... and {lost} more socket events"));
+        }
+        events
     }
 
     /// Says goodbye to every client and lets them go with their unreleased frames.
@@ -102,192 +263,256 @@ impl Drop for Server {
             let _ = t.join();
         }
         self.finish();
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// The service thread: wakes on a new connection or a client message, or every 100 ms to
-/// see whether it should stop.
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    }
+}
+
+/// The socket thread: wakes on a new connection, a client message or every [`TICK`]; each
+/// wake-up does a bounded amount of work under the lock.
 fn service(inner: &Mutex<Inner>, stop: &AtomicBool) {
-    use rustix::event::{PollFd, PollFlags, Timespec};
     while !stop.load(Ordering::SeqCst) {
-        // Wait on dups of the fds, so the lock is not held while waiting.
-        let fds: Vec<OwnedFd> = {
+        let (listener, clients, timeout) = {
             let inner = inner.lock().unwrap();
-            std::iter::once(inner.listener.as_fd())
-                .chain(inner.clients.iter().map(|c| c.fd.as_fd()))
-                .filter_map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok())
-                .collect()
+            let now = Instant::now();
+            let (listener, timeout) = match inner.accept_paused_until {
+                Some(until) if until > now => (None, (until - now).min(TICK)),
+                _ => (Some(inner.listener.clone()), TICK),
+            };
+            let clients: Vec<Arc<OwnedFd>> = inner.clients.iter().map(|c| c.fd.clone()).collect();
+            (listener, clients, timeout)
         };
-        let mut polled: Vec<PollFd<'_>> = fds
+        let mut polled: Vec<PollFd<'_>> = listener
             .iter()
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .chain(clients.iter())
+            .map(|fd| PollFd::new(fd.as_ref(), PollFlags::IN))
             .collect();
-        let timeout = Timespec {
-            tv_sec: 0,
-            tv_nsec: 100_000_000,
-        };
-        match rustix::event::poll(&mut polled, Some(&timeout)) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-            Ok(_) => inner.lock().unwrap().poll(),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        match rustix::event::poll(&mut polled, Some(&timespec(timeout))) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => std::thread::sleep(TICK),
         }
+        drop(polled);
+        let mut inner = inner.lock().unwrap();
+        let now = Instant::now();
+        inner.accept(now);
+        inner.service_clients(now);
     }
 }
 
 /// The server's state: listener, clients and what they hold.
-pub struct Inner {
-    listener: OwnedFd,
+struct Inner {
+    listener: Arc<OwnedFd>,
+    /// An eventfd the socket thread writes when it read a release while `send` waits.
+    released: Arc<OwnedFd>,
+    waiting: bool,
     settings: ServerSettings,
     clients: Vec<Client>,
     stats: ServerStats,
     events: Vec<String>,
+    events_lost: u64,
+    /// After `accept` failed for want of fds or memory, the listener rests until then.
+    accept_paused_until: Option<Instant>,
+    accept_backoff: Duration,
 }
 
 impl Inner {
-    /// Listens on `path` (`SOCK_SEQPACKET`, mode 0600). A stale socket file left by a dead
-    /// process is replaced; a live one, or any other file, is an error.
-    pub fn bind(path: &Path, settings: ServerSettings) -> Result<Inner, String> {
-        let addr = SocketAddrUnix::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Ok(md) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if !md.file_type().is_socket() {
-                return Err(format!("{} exists and is not a socket", path.display()));
-            }
-            let probe = new_socket().map_err(|e| format!("socket: {e}"))?;
-            match rustix::net::connect(&probe, &addr) {
-                Err(rustix::io::Errno::CONNREFUSED) => {
-                    let _ = std::fs::remove_file(path);
-                }
-                Ok(()) | Err(rustix::io::Errno::AGAIN) => {
-                    return Err(format!("{} is in use by another server", path.display()));
-                }
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        }
-        let listener = new_socket().map_err(|e| format!("socket: {e}"))?;
-        rustix::net::bind(&listener, &addr).map_err(|e| format!("bind {}: {e}", path.display()))?;
-        // Owner only; the peer-uid check below also covers the instant before this chmod.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-        rustix::net::listen(&listener, 8).map_err(|e| format!("listen {}: {e}", path.display()))?;
-        Ok(Inner {
-            listener,
-            settings,
-            clients: Vec::new(),
-            stats: ServerStats::default(),
-            events: Vec::new(),
-        })
-    }
-
-    /// Accepts waiting clients and reads what connected ones sent (releases, disconnects).
-    pub fn poll(&mut self) {
-        self.accept();
-        let mut i = 0;
-        while i < self.clients.len() {
-            if self.read_client(i) {
-                i += 1;
-            } else {
-                let c = self.clients.swap_remove(i);
-                self.events.push(format!(
-                    "client pid {} left ({} frames were unreleased)",
-                    c.pid,
-                    c.pending.len()
-                ));
-            }
+    fn event(&mut self, what: String) {
+        if self.events.len() < MAX_EVENTS {
+            self.events.push(what);
+        } else {
+            self.events_lost += 1;
         }
     }
 
-    fn accept(&mut self) {
-        loop {
+    /// Accepts at most [`ACCEPT_BUDGET`] waiting connections.
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| until > now) {
+            return;
+        }
+        self.accept_paused_until = None;
+        for _ in 0..ACCEPT_BUDGET {
             let fd = match rustix::net::accept_with(
-                &self.listener,
+                &*self.listener,
                 SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             ) {
                 Ok(fd) => fd,
                 Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return,
+                Err(rustix::io::Errno::CONNABORTED) => continue,
                 Err(e) => {
-                    self.events.push(format!("accept: {e}"));
+                    // Out of fds (EMFILE, ENFILE) or memory: the connection stays queued and
+                    // the listener stays readable, so retrying now would spin. Rest instead.
+                    self.stats.accept_errors += 1;
+                    if self.accept_backoff == ACCEPT_BACKOFF_MIN {
+                        self.event(format!(
+                            "cannot accept clients: {e}; retrying with back-off (raise ulimit -n?)"
+                        ));
+                    }
+                    self.accept_paused_until = Some(now + self.accept_backoff);
+                    self.accept_backoff = (self.accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     return;
                 }
             };
-            let cred = match rustix::net::sockopt::socket_peercred(&fd) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.events.push(format!("SO_PEERCRED: {e}"));
-                    continue;
-                }
-            };
-            let uid = rustix::process::geteuid();
-            if cred.uid != uid && !self.settings.allow_other_users {
+            self.accept_backoff = ACCEPT_BACKOFF_MIN;
+            self.admit(fd);
+        }
+    }
+
+    /// Serves a new connection, or tells it why not and closes it.
+    fn admit(&mut self, fd: OwnedFd) {
+        let cred = match kernel::peer_credentials(&fd) {
+            Ok(c) => c,
+            Err(e) => {
+                self.event(format!("refused a client: {e}"));
                 self.stats.clients_refused += 1;
-                self.events.push(format!(
-                    "refused client pid {} of uid {} (not uid {}; set allow-other-users to permit)",
-                    cred.pid.as_raw_nonzero(),
-                    cred.uid.as_raw(),
-                    uid.as_raw()
-                ));
-                continue;
+                return;
             }
-            let hello = Message::Hello(Hello {
-                max_pending: self.settings.max_pending,
-            })
-            .encode();
-            if kernel::send_with_fds(&fd, &hello, &[], SendFlags::DONTWAIT).is_err() {
-                continue;
-            }
-            self.stats.clients += 1;
-            self.events.push(format!(
-                "client pid {} connected",
-                cred.pid.as_raw_nonzero()
+        };
+        let refuse = if !self.allowed(&fd, &cred) {
+            self.event(format!(
+                "refused {} of uid {}: not our uid {}{}",
+                who(cred.pid),
+                cred.uid,
+                rustix::process::geteuid().as_raw(),
+                match self.settings.socket_group {
+                    Some(g) => format!(" nor a member of group {g}"),
+                    None => "; set allow-other-users or socket-group to permit".into(),
+                }
             ));
-            self.clients.push(Client {
-                fd,
-                pid: cred.pid.as_raw_nonzero().get(),
-                pending: HashMap::new(),
-            });
+            Some(RefusedReason::UserNotAllowed)
+        } else if self.clients.len() >= self.settings.max_clients as usize {
+            self.event(format!(
+                "refused {}: already {} clients (max-clients)",
+                who(cred.pid),
+                self.clients.len()
+            ));
+            Some(RefusedReason::TooManyClients)
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            self.stats.clients_refused += 1;
+            let msg = Message::Refused(reason).encode();
+            let _ = kernel::send_with_fds(&fd, &msg, &[], SendFlags::DONTWAIT);
+            return;
+        }
+        let hello = Message::Hello(Hello {
+            max_pending: self.settings.max_pending,
+        })
+        .encode();
+        if kernel::send_with_fds(&fd, &hello, &[], SendFlags::DONTWAIT).is_err() {
+            return;
+        }
+        self.stats.clients_total += 1;
+        self.event(format!("{} (uid {}) connected", who(cred.pid), cred.uid));
+        self.clients.push(Client {
+            fd: Arc::new(fd),
+            pid: cred.pid,
+            pending: VecDeque::new(),
+        });
+    }
+
+    /// The peer policy: our own uid; any uid with `allow-other-users`; members of
+    /// `socket-group` (its primary or a supplementary group) when set.
+    fn allowed(&self, fd: &OwnedFd, cred: &kernel::PeerCred) -> bool {
+        if cred.uid == rustix::process::geteuid().as_raw() || self.settings.allow_other_users {
+            return true;
+        }
+        let Some(group) = self.settings.socket_group else {
+            return false;
+        };
+        cred.gid == group || kernel::peer_groups(fd).is_ok_and(|groups| groups.contains(&group))
+    }
+
+    /// Reads what clients sent (bounded per client) and disconnects those that left, broke
+    /// the protocol or held a frame longer than `hold-timeout`.
+    fn service_clients(&mut self, now: Instant) {
+        let hold = self.settings.hold_timeout;
+        let mut i = 0;
+        while i < self.clients.len() {
+            let gone = match self.read_client(i) {
+                Err(why) => Some(why),
+                Ok(()) if self.clients[i].deadline(hold).is_some_and(|d| d <= now) => {
+                    self.stats.clients_timed_out += 1;
+                    Some(format!(
+                        "held frame {} for more than hold-timeout ({} ms): disconnecting it",
+                        self.clients[i].pending[0].frame_number,
+                        hold.as_millis()
+                    ))
+                }
+                Ok(()) => None,
+            };
+            match gone {
+                Some(why) => {
+                    let c = self.clients.swap_remove(i);
+                    self.event(format!(
+                        "{} {why} ({} frames were unreleased)",
+                        who(c.pid),
+                        c.pending.len()
+                    ));
+                }
+                None => i += 1,
+            }
         }
     }
 
-    /// Reads every message a client has sent; false when it should go.
-    fn read_client(&mut self, i: usize) -> bool {
+    /// Reads at most `max-pending + 1` messages of client `i`: a client can have no more
+    /// valid ones (each releases a frame it holds), so a flood is caught in one pass. Err:
+    /// the client must go, and why.
+    fn read_client(&mut self, i: usize) -> Result<(), String> {
         let mut buf = [0u8; MAX_MESSAGE_SIZE];
-        loop {
-            let (n, _fds) =
-                match kernel::recv_with_fds(&self.clients[i].fd, &mut buf, RecvFlags::DONTWAIT) {
-                    Ok((0, _)) => return false,
-                    Ok(r) => r,
-                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) => {
-                        return true;
-                    }
-                    Err(_) => return false,
-                };
-            // Clients send no fds; any that came were closed when `_fds` dropped.
-            match Message::decode(&buf[..n], 0) {
+        for _ in 0..=self.settings.max_pending {
+            let client = &mut self.clients[i];
+            let (n, fds) = match kernel::recv_with_fds(&*client.fd, &mut buf, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Err("left".into()),
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) => {
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("is gone ({e})")),
+            };
+            let error = match Message::decode(&buf[..n], 0) {
+                // Clients send no fds; any that came were closed when `fds` dropped.
+                _ if !fds.is_empty() => format!("sent {} fds", fds.len()),
                 Ok(Message::Release { frame_number }) => {
-                    if self.clients[i].pending.remove(&frame_number).is_some() {
-                        self.stats.frames_released += 1;
+                    match client
+                        .pending
+                        .iter()
+                        .position(|p| p.frame_number == frame_number)
+                    {
+                        Some(at) => {
+                            client.pending.remove(at);
+                            self.stats.frames_released += 1;
+                            if self.waiting {
+                                let _ = rustix::io::write(&*self.released, &1u64.to_ne_bytes());
+                            }
+                            continue;
+                        }
+                        None => format!("released frame {frame_number}, which it does not hold"),
                     }
                 }
-                Ok(other) => return self.protocol_error(i, &format!("unexpected {other:?}")),
-                Err(e) => return self.protocol_error(i, &e.to_string()),
-            }
+                Ok(other) => format!("sent unexpected {other:?}"),
+                Err(e) => e.to_string(),
+            };
+            self.stats.protocol_errors += 1;
+            return Err(format!("broke the protocol ({error}): disconnecting it"));
         }
+        Ok(())
     }
 
-    fn protocol_error(&mut self, i: usize, what: &str) -> bool {
-        self.stats.protocol_errors += 1;
-        self.events.push(format!(
-            "client pid {}: protocol error ({what}): disconnecting it",
-            self.clients[i].pid
-        ));
-        false
-    }
-
-    /// Sends `frame` (whose pages `buffer` holds) to every client that has room for it.
-    pub fn send(&mut self, frame: &Frame, fds: &[BorrowedFd<'_>], buffer: &gst::Buffer) {
-        let bytes = Message::Frame(*frame).encode();
+    /// Sends the encoded frame to every client that has room for it.
+    fn send(
+        &mut self,
+        bytes: &[u8],
+        frame_number: u64,
+        fds: &[BorrowedFd<'_>],
+        buffer: &gst::Buffer,
+    ) {
+        let now = Instant::now();
         let mut i = 0;
         while i < self.clients.len() {
             let client = &mut self.clients[i];
@@ -295,9 +520,9 @@ impl Inner {
                 self.stats.frames_dropped += 1;
                 if self.settings.drop_policy == DropPolicy::Disconnect {
                     let c = self.clients.swap_remove(i);
-                    self.events.push(format!(
-                        "client pid {} holds {} frames: disconnecting it",
-                        c.pid,
+                    self.event(format!(
+                        "{} holds {} frames: disconnecting it",
+                        who(c.pid),
                         c.pending.len()
                     ));
                     continue;
@@ -305,9 +530,13 @@ impl Inner {
                 i += 1;
                 continue;
             }
-            match kernel::send_with_fds(&client.fd, &bytes, fds, SendFlags::DONTWAIT) {
+            match kernel::send_with_fds(&*client.fd, bytes, fds, SendFlags::DONTWAIT) {
                 Ok(_) => {
-                    client.pending.insert(frame.frame_number, buffer.clone());
+                    client.pending.push_back(Pending {
+                        frame_number,
+                        sent: now,
+                        _buffer: buffer.clone(),
+                    });
                     self.stats.frames_sent += 1;
                     i += 1;
                 }
@@ -317,26 +546,164 @@ impl Inner {
                 }
                 Err(e) => {
                     let c = self.clients.swap_remove(i);
-                    self.events.push(format!("client pid {} gone ({e})", c.pid));
+                    self.event(format!("{} is gone ({e})", who(c.pid)));
                 }
             }
         }
     }
 
     /// Tells clients the stream ended and lets them go; their unreleased frames are released.
-    pub fn finish(&mut self) {
+    fn finish(&mut self) {
         let bye = Message::Bye.encode();
-        for c in self.clients.drain(..) {
-            let _ = kernel::send_with_fds(&c.fd, &bye, &[], SendFlags::DONTWAIT);
+        for i in 0..self.clients.len() {
+            // Read what the client sent first: closing a socket with unread messages makes the
+            // kernel report ECONNRESET to the peer before the frames still queued for it.
+            let _ = self.read_client(i);
+            let _ = kernel::send_with_fds(&*self.clients[i].fd, &bye, &[], SendFlags::DONTWAIT);
         }
+        self.clients.clear();
     }
 }
 
-fn new_socket() -> rustix::io::Result<OwnedFd> {
-    rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use rustix::net::SocketAddrUnix;
+
+    use super::super::socket_file::new_socket;
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        ServerSettings {
+            max_pending: 4,
+            drop_policy: DropPolicy::Skip,
+            allow_other_users: false,
+            socket_group: None,
+            max_clients: 16,
+            hold_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmem-server-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_socket_file_gets_its_mode_and_only_it_is_removed() {
+        let dir = scratch("mode");
+        let path = dir.join("s.sock");
+        for (s, mode) in [
+            (settings(), 0o600),
+            (
+                ServerSettings {
+                    allow_other_users: true,
+                    ..settings()
+                },
+                0o666,
+            ),
+            (
+                ServerSettings {
+                    socket_group: Some(rustix::process::getegid().as_raw()),
+                    ..settings()
+                },
+                0o660,
+            ),
+        ] {
+            let server = Server::bind(&path, s).unwrap();
+            assert_eq!(mode_of(&path), mode);
+            assert!(dir.join("s.sock.lock").exists());
+            drop(server);
+            assert!(!path.exists() && !dir.join("s.sock.lock").exists());
+        }
+        // Nothing but the socket and its lock ever appear next to it.
+        let server = Server::bind(&path, settings()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["s.sock", "s.sock.lock"]);
+        // Someone else's file at the path by the time we stop is left alone.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"not ours").unwrap();
+        drop(server);
+        assert_eq!(std::fs::read(&path).unwrap(), b"not ours");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_live_sink_keeps_its_path_and_a_stale_socket_is_replaced() {
+        let dir = scratch("stale");
+        let path = dir.join("s.sock");
+        let first = Server::bind(&path, settings()).unwrap();
+        let err = Server::bind(&path, settings()).err().unwrap();
+        assert!(err.contains("in use by another dmabufsink"), "{err}");
+        drop(first);
+        // A stale socket file: bound, then its process "died" (no lock, nothing listening).
+        let stale = new_socket().unwrap();
+        rustix::net::bind(&stale, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        drop(stale);
+        let server = Server::bind(&path, settings()).unwrap();
+        drop(server);
+        // A live server that is no dmabufsink (no lock) is not replaced.
+        let other = new_socket().unwrap();
+        rustix::net::bind(&other, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&other, 1).unwrap();
+        let err = Server::bind(&path, settings()).err().unwrap();
+        assert!(err.contains("in use by another server"), "{err}");
+        drop(other);
+        std::fs::remove_file(&path).unwrap();
+        // Not a socket: refused, untouched.
+        std::fs::write(&path, b"data").unwrap();
+        let err = Server::bind(&path, settings()).err().unwrap();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_at_the_path_is_neither_followed_nor_replaced() {
+        let dir = scratch("symlink");
+        let target = dir.join("precious");
+        std::fs::write(&target, b"keep").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.join("s.sock");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = Server::bind(&path, settings()).err().unwrap();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(mode_of(&target), 0o644);
+        // A symlink as the lock file is not followed either.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("s.sock.lock")).unwrap();
+        assert!(Server::bind(&path, settings()).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_long_path_still_binds() {
+        let dir = scratch("long");
+        // sun_path holds 107 bytes: a name that just fits, so the private directory's would not.
+        let base = dir.display().to_string().len() + 1;
+        let path = dir.join("x".repeat(107 - base));
+        let server = Server::bind(&path, settings()).unwrap();
+        let c = new_socket().unwrap();
+        rustix::net::connect(&c, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        drop((c, server));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -114,6 +114,14 @@ pub fn read_dmabuf<R>(fd: BorrowedFd<'_>, len: usize, read: impl FnOnce(&[u8]) -
     Ok(read(&bytes))
 }
 
+/// `DMA_BUF_MAGIC`: `f_type` of the dma-buf pseudo filesystem ("dmab").
+const DMA_BUF_MAGIC: u64 = 0x444d_4142;
+
+/// Whether `fd` is a dma-buf (its filesystem is dma-buf's), not some other file passed as one.
+pub fn is_dmabuf(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|s| s.f_type as u64 == DMA_BUF_MAGIC)
+}
+
 /// The dma-buf's size in bytes (dma-bufs answer `lseek(SEEK_END)`).
 pub fn dmabuf_size(fd: BorrowedFd<'_>) -> Result<u64> {
     use rustix::fs::SeekFrom;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The kernel interfaces this project drives, as one thin layer of safe wrappers: memfd and
-//! seals, udmabuf, dma-heaps, dma-buf (sync, name, mmap) and DRM PRIME import.
+//! seals, udmabuf, dma-heaps, dma-buf (sync, name, mmap), DRM PRIME import, fd passing and
+//! socket peer credentials.
 //!
 //! Nothing outside this module issues a raw `ioctl`. Every fd it creates is `O_CLOEXEC`.
 //! Errors are typed and their text says what to do about them.
@@ -11,20 +12,22 @@ mod fdpass;
 mod heap;
 mod memfd;
 mod mmap;
+mod peer;
 mod udmabuf;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SYNC_TIMEOUT, SyncAccess, dmabuf_name, dmabuf_size, idle_dmabufs, read_dmabuf, set_dmabuf_name,
-    sync_end, sync_start, sync_start_within, wait_idle,
+    SYNC_TIMEOUT, SyncAccess, dmabuf_name, dmabuf_size, idle_dmabufs, is_dmabuf, read_dmabuf,
+    set_dmabuf_name, sync_end, sync_start, sync_start_within, wait_idle,
 };
 pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, Scanout, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
 pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
 pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;
+pub use self::peer::{PeerCred, group_id, peer_credentials, peer_groups};
 pub use self::udmabuf::{UDMABUF_PATH, Udmabuf, UdmabufLimits, UdmabufRange};
 
 /// What went wrong talking to the kernel, phrased for the person who has to fix it.
