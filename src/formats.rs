@@ -355,6 +355,17 @@ mod tests {
         gst::init().unwrap();
     }
 
+    /// `caps` parsed, what vmemexport offers for it, and the kinds of what it offers in order.
+    fn to_dmabuf(caps: &str) -> (gst::Caps, gst::Caps, Vec<CapsKind>) {
+        let caps: gst::Caps = caps.parse().unwrap();
+        let out = sysmem_to_dmabuf(&caps);
+        let kinds = out
+            .iter_with_features()
+            .map(|(s, f)| caps_kind(s, Some(f)))
+            .collect();
+        (caps, out, kinds)
+    }
+
     #[test]
     fn fourccs_round_trip() {
         for f in drm_formats() {
@@ -399,14 +410,7 @@ mod tests {
     #[test]
     fn formats_without_a_fourcc_leave_as_legacy_dmabuf_and_plain() {
         init();
-        let caps: gst::Caps = "video/x-raw, format=Y444_10LE, width=320, height=240"
-            .parse()
-            .unwrap();
-        let out = sysmem_to_dmabuf(&caps);
-        let kinds: Vec<CapsKind> = out
-            .iter_with_features()
-            .map(|(s, f)| caps_kind(s, Some(f)))
-            .collect();
+        let (caps, out, kinds) = to_dmabuf("video/x-raw, format=Y444_10LE, width=320, height=240");
         assert_eq!(kinds, [CapsKind::DmaBufLegacy, CapsKind::Plain]);
         assert!(dmabuf_caps().can_intersect(&out));
         assert!(sysmem_caps().can_intersect(&caps));
@@ -426,14 +430,7 @@ mod tests {
     #[test]
     fn sysmem_becomes_dmabuf_preferred_first() {
         init();
-        let caps: gst::Caps = "video/x-raw, format=NV12, width=320, height=240"
-            .parse()
-            .unwrap();
-        let out = sysmem_to_dmabuf(&caps);
-        let kinds: Vec<CapsKind> = out
-            .iter_with_features()
-            .map(|(s, f)| caps_kind(s, Some(f)))
-            .collect();
+        let (_, out, kinds) = to_dmabuf("video/x-raw, format=NV12, width=320, height=240");
         if runtime_has_dma_drm() {
             assert_eq!(
                 kinds,

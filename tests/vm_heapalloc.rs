@@ -255,24 +255,32 @@ fn a_pipeline_whose_frames_exceed_the_cma_area_fails_cleanly() {
     );
 }
 
-#[test]
-#[ignore = "needs the VM testbed"]
-fn python_finds_the_allocator_by_name() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/heapalloc.py");
+/// Runs python3 with `args` and the plugin on its path; its standard output, if it succeeded.
+fn python(args: &[&str]) -> String {
     let out = std::process::Command::new("python3")
-        .arg(script)
+        .args(args)
         .env(
             "GST_PLUGIN_PATH",
             concat!(env!("CARGO_MANIFEST_DIR"), "/target/release"),
         )
         .output()
         .expect("python3 in the testbed");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn python_finds_the_allocator_by_name() {
+    let text = python(&[concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/python/heapalloc.py"
+    )]);
     assert!(
         text.contains("dmaheap: allocated 1048576 bytes of dma-buf memory"),
         "{text}"
@@ -293,20 +301,7 @@ fn python_gets_none_for_zero_and_absurd_sizes() {
         for size in (0, 2**62, 2**63 - 1, 2**64 - 1, 1):\n\
         \x20   m = Gst.Allocator.alloc(a, size, None)\n\
         \x20   print(size, 'none' if m is None else m.get_sizes()[0])\n";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .env(
-            "GST_PLUGIN_PATH",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release"),
-        )
-        .output()
-        .expect("python3 in the testbed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = python(&["-c", script]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines,
