@@ -30,6 +30,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// Imports kept at most; past it the cache starts over (a pool that keeps allocating).
 const MAX_IMPORTS: usize = 64;
 
+const DEFAULT_DRM_ADDFB: bool = false;
+const DEFAULT_ALLOW_NON_DMABUF: bool = false;
 const DEFAULT_MAX_PENDING: u32 = 4;
 const DEFAULT_DROP_POLICY: DropPolicy = DropPolicy::Skip;
 const DEFAULT_ALLOW_OTHER_USERS: bool = false;
@@ -58,8 +60,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             drm_device: None,
-            drm_addfb: false,
-            allow_non_dmabuf: false,
+            drm_addfb: DEFAULT_DRM_ADDFB,
+            allow_non_dmabuf: DEFAULT_ALLOW_NON_DMABUF,
             socket_path: None,
             max_pending: DEFAULT_MAX_PENDING,
             drop_policy: DEFAULT_DROP_POLICY,
@@ -348,13 +350,13 @@ impl ObjectImpl for DmabufSink {
                 glib::ParamSpecBoolean::builder("drm-addfb")
                     .nick("DRM AddFB2 check")
                     .blurb("Also check each imported dma-buf can be scanned out (DRM_IOCTL_MODE_ADDFB2 with the negotiated format)")
-                    .default_value(false)
+                    .default_value(DEFAULT_DRM_ADDFB)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("allow-non-dmabuf")
                     .nick("Allow non-dma-buf")
                     .blurb("Count buffers that are not dma-buf memory (stats: non-dmabuf) instead of failing on them")
-                    .default_value(false)
+                    .default_value(DEFAULT_ALLOW_NON_DMABUF)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("socket-path")

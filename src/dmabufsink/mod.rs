@@ -52,6 +52,8 @@ pub enum DropPolicy {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // gst-inspect and the plugin docs list the enum's values.
+    DropPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "dmabufsink",

@@ -34,6 +34,12 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// default_start does not free it), which an allocation on demand cannot do.
 const MIN_POOL_BUFFERS: u32 = 0;
 
+const DEFAULT_BACKING: Backing = Backing::Auto;
+const DEFAULT_HEAP: &str = "auto";
+const DEFAULT_COPY_FALLBACK: bool = true;
+const DEFAULT_PROPOSE_POOL: bool = true;
+const DEFAULT_SYNC: bool = true;
+
 #[derive(Debug, Clone)]
 struct Settings {
     backing: Backing,
@@ -46,11 +52,11 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            backing: Backing::Auto,
-            heap: "auto".into(),
-            copy_fallback: true,
-            propose_pool: true,
-            sync: true,
+            backing: DEFAULT_BACKING,
+            heap: DEFAULT_HEAP.into(),
+            copy_fallback: DEFAULT_COPY_FALLBACK,
+            propose_pool: DEFAULT_PROPOSE_POOL,
+            sync: DEFAULT_SYNC,
         }
     }
 }
@@ -500,7 +506,7 @@ impl ObjectImpl for VmemExport {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
             vec![
-                glib::ParamSpecEnum::builder_with_default("backing", Backing::Auto)
+                glib::ParamSpecEnum::builder_with_default("backing", DEFAULT_BACKING)
                     .nick("Backing")
                     .blurb(
                         "Memory proposed to upstream: memfd pages exported through /dev/udmabuf, \
@@ -515,7 +521,7 @@ impl ObjectImpl for VmemExport {
                          limit: a name (system, linux,cma, reserved...), an ordered list, or auto \
                          (CMA if present, else system)",
                     )
-                    .default_value(Some("auto"))
+                    .default_value(Some(DEFAULT_HEAP))
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("copy-fallback")
@@ -524,7 +530,7 @@ impl ObjectImpl for VmemExport {
                         "When a frame cannot leave without a copy, copy it into dma-buf memory \
                          (counted in stats, warned once per reason); false makes that an error",
                     )
-                    .default_value(true)
+                    .default_value(DEFAULT_COPY_FALLBACK)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("propose-pool")
@@ -533,7 +539,7 @@ impl ObjectImpl for VmemExport {
                         "Offer upstream a pool of exportable memory (false makes upstream use its \
                          own memory, i.e. the copy path, e.g. for comparisons)",
                     )
-                    .default_value(true)
+                    .default_value(DEFAULT_PROPOSE_POOL)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("sync")
@@ -542,7 +548,7 @@ impl ObjectImpl for VmemExport {
                         "Bracket each hand-over with DMA_BUF_IOCTL_SYNC so CPU writes reach \
                          non-coherent devices",
                     )
-                    .default_value(true)
+                    .default_value(DEFAULT_SYNC)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
@@ -566,7 +572,7 @@ impl ObjectImpl for VmemExport {
                 settings.heap = value
                     .get::<Option<String>>()
                     .unwrap()
-                    .unwrap_or_else(|| "auto".into())
+                    .unwrap_or_else(|| DEFAULT_HEAP.into())
             }
             "copy-fallback" => settings.copy_fallback = value.get().unwrap(),
             "propose-pool" => settings.propose_pool = value.get().unwrap(),

@@ -58,6 +58,8 @@ pub enum Backing {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // gst-inspect and the plugin docs list the enum's values.
+    Backing::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "vmemexport",
