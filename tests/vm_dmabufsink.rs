@@ -250,17 +250,7 @@ fn other_users_are_refused() {
     ));
     pipeline.set_state(gst::State::Playing).unwrap();
     let _ = pipeline.state(gst::ClockTime::from_seconds(30));
-    let as_nobody = || {
-        use std::os::unix::process::CommandExt;
-        Command::new(CLIENT)
-            .arg(&path)
-            .arg("--frames")
-            .arg("1")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    };
+    let as_nobody = || run_as(65534, 65534, &path, &["--frames", "1"]);
     // The socket file is 0600: another user cannot even connect.
     let out = as_nobody();
     assert!(!out.status.success());
