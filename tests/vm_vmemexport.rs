@@ -447,7 +447,7 @@ fn malloc_buffers_are_copied_counted_and_warned_about() {
         result.warnings
     );
     assert!(
-        result.warnings[0].contains("not fd-backed"),
+        result.warnings[0].contains("not from the pool vmemexport proposes"),
         "{:?}",
         result.warnings
     );
@@ -476,7 +476,8 @@ fn strict_mode_refuses_to_copy() {
         .error
         .expect("copy-fallback=false must fail on malloc buffers");
     assert!(
-        error.contains("Zero-copy is impossible") && error.contains("not fd-backed"),
+        error.contains("Zero-copy is impossible")
+            && error.contains("not from the pool vmemexport proposes"),
         "{error}"
     );
     assert!(error.contains("copy-fallback=false"), "{error}");

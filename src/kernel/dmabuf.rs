@@ -170,6 +170,15 @@ pub fn dmabuf_name(fd: BorrowedFd<'_>) -> Option<String> {
     )
 }
 
+/// The name of the driver that exported the dma-buf (fdinfo's `exp_name`: "udmabuf",
+/// "system", "vmemexp", ...), or `None` when the fd is not a dma-buf.
+pub fn dmabuf_exporter(fd: BorrowedFd<'_>) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("exp_name:"))
+        .map(|n| n.trim().to_string())
+}
+
 /// Waits until every device access to the dma-buf has finished (all fences of its reservation
 /// object signalled: `poll(POLLOUT)` on a dma-buf), at most `timeout`. Returns whether it is
 /// idle. Recycling pages before this could overwrite what a device is still reading.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The kernel interfaces this project drives, as one thin layer of safe wrappers: memfd and
-//! seals, udmabuf, dma-heaps, dma-buf (sync, name, mmap), DRM PRIME import, fd passing and
+//! seals, udmabuf, vmemexp, dma-heaps, dma-buf (sync, name, mmap), DRM PRIME import, fd passing and
 //! socket peer credentials.
 //!
 //! Nothing outside this module issues a raw `ioctl`. Every fd it creates is `O_CLOEXEC`.
@@ -14,13 +14,14 @@ mod memfd;
 mod mmap;
 mod peer;
 mod udmabuf;
+mod vmemexp;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SYNC_TIMEOUT, SyncAccess, dmabuf_name, dmabuf_size, idle_dmabufs, is_dmabuf, read_dmabuf,
-    set_dmabuf_name, sync_end, sync_start, sync_start_within, wait_idle,
+    SYNC_TIMEOUT, SyncAccess, dmabuf_exporter, dmabuf_name, dmabuf_size, idle_dmabufs, is_dmabuf,
+    read_dmabuf, set_dmabuf_name, sync_end, sync_start, sync_start_within, wait_idle,
 };
 pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, Scanout, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
@@ -29,6 +30,7 @@ pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;
 pub use self::peer::{PeerCred, group_id, peer_credentials, peer_groups};
 pub use self::udmabuf::{UDMABUF_PATH, Udmabuf, UdmabufLimits, UdmabufRange};
+pub use self::vmemexp::{PinAccess, VMEMEXP_PATH, Vmemexp, is_vmemexp_dmabuf};
 
 /// What went wrong talking to the kernel, phrased for the person who has to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,8 @@ pub enum Error {
          signal)"
     )]
     Busy { op: &'static str, waited_ms: u64 },
+    #[error("vmemexp cannot pin these {len} bytes: {why}")]
+    PinRefused { len: u64, errno: i32, why: String },
     #[error("{op} failed: {source}")]
     Io {
         op: &'static str,
@@ -111,6 +115,7 @@ impl Error {
             Error::OutOfMemory { .. } => Some(libc_errno::ENOMEM),
             Error::PermissionDenied { .. } => Some(libc_errno::EACCES),
             Error::DeviceMissing { .. } | Error::HeapNotFound { .. } => Some(libc_errno::ENOENT),
+            Error::PinRefused { errno, .. } => Some(*errno),
             _ => None,
         }
     }

@@ -14,11 +14,13 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::Backing;
-use super::export::{Exporter, Outcome, Refusal, Stats};
+use super::downstream;
+use super::export::{CopyReason, Exporter, Outcome, Refusal};
 use super::memfd_allocator::MemfdAllocator;
+use super::stats::Stats;
 use crate::formats::{self, CapsKind};
 use crate::heapalloc::DmaHeapAllocator;
-use crate::kernel::{self, SyncAccess, Udmabuf};
+use crate::kernel::{self, SyncAccess, Udmabuf, Vmemexp};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -39,6 +41,7 @@ const DEFAULT_HEAP: &str = "auto";
 const DEFAULT_COPY_FALLBACK: bool = true;
 const DEFAULT_PROPOSE_POOL: bool = true;
 const DEFAULT_SYNC: bool = true;
+const DEFAULT_PIN_SYSTEM_MEMORY: bool = true;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -47,6 +50,7 @@ struct Settings {
     copy_fallback: bool,
     propose_pool: bool,
     sync: bool,
+    pin_system_memory: bool,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             copy_fallback: DEFAULT_COPY_FALLBACK,
             propose_pool: DEFAULT_PROPOSE_POOL,
             sync: DEFAULT_SYNC,
+            pin_system_memory: DEFAULT_PIN_SYSTEM_MEMORY,
         }
     }
 }
@@ -70,7 +75,9 @@ struct State {
     in_info: Option<gst_video::VideoInfo>,
     /// Where frames are copied when they cannot leave as they are.
     copy_pool: Option<gst::BufferPool>,
-    warned: HashSet<Refusal>,
+    /// The consumer downstream that needs frames at offset 0 of their dma-buf, if any.
+    zero_offset_for: Option<String>,
+    warned: HashSet<CopyReason>,
 }
 
 /// Messages for the bus, posted once no lock is held: an application's sync bus handler runs
@@ -90,6 +97,13 @@ impl Notices {
             post(imp);
         }
     }
+}
+
+/// What turning one frame into dma-buf memory needs, taken from the state in one lock.
+struct Target {
+    exporter: Arc<Exporter>,
+    info: Option<gst_video::VideoInfo>,
+    zero_offset_for: Option<String>,
 }
 
 #[derive(Default)]
@@ -158,12 +172,27 @@ impl VmemExport {
                 .map(|h| format!(", heap {h}"))
                 .unwrap_or_default()
         );
+        // Other system memory is exported in place when vmemexp is there (own pool first, then
+        // vmemexp, then a copy).
+        let vmemexp = if settings.pin_system_memory {
+            Vmemexp::open().map_err(|e| {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "frames from other memory will be copied: {e}"
+                );
+                e.to_string()
+            })
+        } else {
+            Err("pin-system-memory=false".to_string())
+        };
         Ok(State {
             backing,
-            exporter: Arc::new(Exporter::new(udmabuf, name)),
+            exporter: Arc::new(Exporter::new(udmabuf, vmemexp, name)),
             heap_allocator,
             in_info: None,
             copy_pool: None,
+            zero_offset_for: None,
             warned: HashSet::new(),
         })
     }
@@ -306,16 +335,21 @@ impl VmemExport {
     /// and a reference that returns `source` to its pool only when downstream is done.
     fn wrap(
         &self,
-        exporter: &Exporter,
-        info: Option<&gst_video::VideoInfo>,
+        target: &Target,
         settings: &Settings,
         source: &gst::Buffer,
         timing: &gst::BufferRef,
         stats: &mut Stats,
     ) -> Result<gst::Buffer, Refusal> {
-        let (dmabuf, outcome) = exporter.dmabuf_of(source)?;
+        let (dmabuf, outcome) = target
+            .exporter
+            .dmabuf_of(source, target.zero_offset_for.as_deref())?;
         match outcome {
             Outcome::Exported => stats.exported += 1,
+            Outcome::Pinned => {
+                stats.exported += 1;
+                stats.pinned_exports += 1;
+            }
             Outcome::CacheHit => stats.export_cache_hits += 1,
             Outcome::AlreadyDmabuf => {}
         }
@@ -343,7 +377,7 @@ impl VmemExport {
             source
                 .copy_into(outm, gst::BufferCopyFlags::META, ..)
                 .map_err(|e| Refusal::Metadata(e.to_string()))?;
-            copy_video_meta(source, outm, info);
+            copy_video_meta(source, outm, target.info.as_ref());
             timing
                 .copy_into(
                     outm,
@@ -386,7 +420,7 @@ impl VmemExport {
         let first = {
             let mut guard = self.state.lock().unwrap();
             let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-            state.warned.insert(why.clone())
+            state.warned.insert(why.reason())
         };
         if first {
             let why = why.to_string();
@@ -414,22 +448,28 @@ impl VmemExport {
             stats.passthrough += 1;
             return Ok(PrepareOutputBufferSuccess::InputBuffer);
         }
-        let (exporter, info) = {
+        let target = {
             let guard = self.state.lock().unwrap();
             let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
-            (state.exporter.clone(), state.in_info.clone())
+            Target {
+                exporter: state.exporter.clone(),
+                info: state.in_info.clone(),
+                zero_offset_for: state.zero_offset_for.clone(),
+            }
         };
         let source = crate::memory::buffer_ref(inbuf);
         // Input that already is dma-buf memory never comes here: generate_output sends it on.
-        let why = match self.wrap(&exporter, info.as_ref(), settings, &source, inbuf, stats) {
+        let why = match self.wrap(&target, settings, &source, inbuf, stats) {
             Ok(out) => return Ok(PrepareOutputBufferSuccess::Buffer(out)),
             Err(why) => why,
         };
         gst::debug!(CAT, imp = self, "copy: {why}");
         self.refuse(settings, &why, notices)?;
         let mut copied = self.copy_to_pool(inbuf, notices)?;
-        stats.copies += 1;
-        stats.bytes_copied += info.as_ref().map_or(0, |i| i.size() as u64);
+        stats.count_copy(
+            why.reason(),
+            target.info.as_ref().map_or(0, |i| i.size() as u64),
+        );
         if crate::memory::is_all_dmabuf(&copied) {
             // A dma-heap copy leaves as it is, with the frame's timing and metas (its own
             // VideoMeta stays: a meta copy skips that one).
@@ -444,7 +484,7 @@ impl VmemExport {
                 .map_err(|_| gst::FlowError::Error)?;
             return Ok(PrepareOutputBufferSuccess::Buffer(copied));
         }
-        self.wrap(&exporter, info.as_ref(), settings, &copied, inbuf, stats)
+        self.wrap(&target, settings, &copied, inbuf, stats)
             .map(PrepareOutputBufferSuccess::Buffer)
             .map_err(|why| {
                 let why = why.to_string();
@@ -537,7 +577,8 @@ impl ObjectImpl for VmemExport {
                     .nick("Propose pool")
                     .blurb(
                         "Offer upstream a pool of exportable memory (false makes upstream use its \
-                         own memory, i.e. the copy path, e.g. for comparisons)",
+                         own memory: exported in place with pin-system-memory and /dev/vmemexp, \
+                         else copied)",
                     )
                     .default_value(DEFAULT_PROPOSE_POOL)
                     .mutable_ready()
@@ -551,11 +592,22 @@ impl ObjectImpl for VmemExport {
                     .default_value(DEFAULT_SYNC)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("pin-system-memory")
+                    .nick("Pin system memory")
+                    .blurb(
+                        "Export system memory that is not from the proposed pool (a decoder's own \
+                         frames, an application's malloc) in place through /dev/vmemexp, pinning \
+                         its pages, when that device is usable; false copies such frames",
+                    )
+                    .default_value(DEFAULT_PIN_SYSTEM_MEMORY)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "frames, exported (new dma-bufs), export-cache-hits, passthrough, \
-                         copies, bytes-copied, syncs",
+                        "frames, exported (new dma-bufs), pinned-exports (of those, made \
+                         through /dev/vmemexp), export-cache-hits, passthrough, copies, \
+                         bytes-copied, syncs, copy-reasons (copies by reason)",
                     )
                     .read_only()
                     .build(),
@@ -577,6 +629,7 @@ impl ObjectImpl for VmemExport {
             "copy-fallback" => settings.copy_fallback = value.get().unwrap(),
             "propose-pool" => settings.propose_pool = value.get().unwrap(),
             "sync" => settings.sync = value.get().unwrap(),
+            "pin-system-memory" => settings.pin_system_memory = value.get().unwrap(),
             _ => unimplemented!(),
         }
     }
@@ -589,6 +642,7 @@ impl ObjectImpl for VmemExport {
             "copy-fallback" => settings.copy_fallback.to_value(),
             "propose-pool" => settings.propose_pool.to_value(),
             "sync" => settings.sync.to_value(),
+            "pin-system-memory" => settings.pin_system_memory.to_value(),
             "stats" => self.stats.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
@@ -825,6 +879,18 @@ impl BaseTransformImpl for VmemExport {
         // pages upstream wrote. Leaving them unconfigured keeps them from allocating at all.
         while query.allocation_pools().len() > 0 {
             query.remove_nth_allocation_pool(0);
+        }
+        // Downstream is linked and negotiated now: see whether it can take frames that start
+        // inside their dma-buf (pinned exports of memory that is not page aligned).
+        let consumer = downstream::zero_offset_consumer(self.obj().src_pad());
+        gst::debug!(
+            CAT,
+            imp = self,
+            "frames at offset 0 needed by: {}",
+            consumer.as_deref().unwrap_or("nobody")
+        );
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            state.zero_offset_for = consumer;
         }
         Ok(())
     }

@@ -23,9 +23,11 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod downstream;
 mod export;
 mod imp;
 pub mod memfd_allocator;
+mod stats;
 
 pub use memfd_allocator::MemfdAllocator;
 

@@ -1,0 +1,490 @@
+// SPDX-License-Identifier: MPL-2.0
+//! vmemexport with the vmemexp module loaded: system memory that is not from the proposed pool
+//! (an application's malloc, a decoder's own frames) leaves as a pinned export of its own
+//! pages, into kmssink on vkms and v4l2fwhtenc on vicodec. tests/vm/suite runs this binary
+//! only while /dev/vmemexp exists; every other binary runs without the module.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use gstvmem::kernel::{self, Mapping, SyncAccess};
+
+const PAGE: usize = 4096;
+
+/// Frame memory a test allocates the way an application does: `posix_memalign`, the frame
+/// starting `skew` bytes after a page boundary.
+struct AppMemory {
+    base: *mut u8,
+    skew: usize,
+    len: usize,
+}
+
+// SAFETY: the allocation is owned by this value alone.
+unsafe impl Send for AppMemory {}
+
+impl AppMemory {
+    fn new(len: usize, skew: usize) -> AppMemory {
+        let mut base = std::ptr::null_mut();
+        // SAFETY: plain allocation; checked below.
+        let rc = unsafe { libc::posix_memalign(&mut base, PAGE, len + skew) };
+        assert_eq!(rc, 0, "posix_memalign");
+        AppMemory {
+            base: base.cast(),
+            skew,
+            len,
+        }
+    }
+}
+
+impl AsRef<[u8]> for AppMemory {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len + skew` bytes were allocated at `base`.
+        unsafe { std::slice::from_raw_parts(self.base.add(self.skew), self.len) }
+    }
+}
+
+impl AsMut<[u8]> for AppMemory {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(self.skew), self.len) }
+    }
+}
+
+impl Drop for AppMemory {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from posix_memalign and is freed once.
+        unsafe { libc::free(self.base.cast()) }
+    }
+}
+
+/// How the application allocates its frames.
+#[derive(Debug, Clone, Copy)]
+enum Alloc {
+    /// `gst::Buffer::with_size`: GStreamer's system allocator (malloc), wherever it lands.
+    WithSize,
+    /// GStreamer's system allocator asked for page alignment (`gst_allocator_alloc` with
+    /// `align = 4095`).
+    PageAligned,
+    /// `posix_memalign(4096)`, the frame `skew` bytes in.
+    Memalign { skew: usize },
+}
+
+/// Deterministic, frame-dependent content.
+fn fill(bytes: &mut [u8], frame: usize) {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = ((i / 7) as u32 ^ (frame as u32 * 31 + (i as u32 >> 11))) as u8;
+    }
+}
+
+fn app_buffer(alloc: Alloc, size: usize, frame: usize) -> gst::Buffer {
+    let mut buffer = match alloc {
+        Alloc::WithSize => gst::Buffer::with_size(size).unwrap(),
+        Alloc::PageAligned => {
+            let params = gst::AllocationParams::new(gst::MemoryFlags::empty(), PAGE - 1, 0, 0);
+            let mem = gst::Allocator::find(None::<&str>)
+                .unwrap()
+                .alloc(size, Some(&params))
+                .unwrap();
+            let mut b = gst::Buffer::new();
+            b.get_mut().unwrap().append_memory(mem);
+            b
+        }
+        Alloc::Memalign { skew } => gst::Buffer::from_mut_slice(AppMemory::new(size, skew)),
+    };
+    {
+        let b = buffer.get_mut().unwrap();
+        fill(&mut b.map_writable().unwrap(), frame);
+        b.set_pts(gst::ClockTime::from_mseconds(33 * frame as u64));
+    }
+    buffer
+}
+
+/// Where a buffer's single memory starts inside its page.
+fn skew_of(buffer: &gst::BufferRef) -> usize {
+    buffer.map_readable().unwrap().as_ptr() as usize % PAGE
+}
+
+fn video_info(format: gst_video::VideoFormat, width: u32, height: u32) -> gst_video::VideoInfo {
+    let mut b = gst_video::VideoInfo::builder(format, width, height)
+        .fps(gst::Fraction::new(30, 1))
+        .par(gst::Fraction::new(1, 1));
+    if !format_is_rgb(format) {
+        // vicodec's caps ask for BT.601.
+        b = b.colorimetry(&"bt601".parse().unwrap());
+    }
+    b.build().unwrap()
+}
+
+fn format_is_rgb(format: gst_video::VideoFormat) -> bool {
+    gst_video::VideoFormatInfo::from_format(format).is_rgb()
+}
+
+/// Pushes `buffers` through `appsrc name=src` of `pipeline` and plays it to EOS.
+fn run_pushing(
+    pipeline: &gst::Pipeline,
+    info: &gst_video::VideoInfo,
+    buffers: Vec<gst::Buffer>,
+) -> RunResult {
+    let src = element(pipeline, "src")
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&info.to_caps().unwrap()));
+    src.set_format(gst::Format::Time);
+    for b in buffers {
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    run(pipeline)
+}
+
+/// Checks that `buffer` (leaving vmemexport) is a vmemexp export of the pages of `app`, the
+/// application's buffer: one dma-buf memory from the vmemexp module at the frame's offset in
+/// its page, and a byte the application writes is what the dma-buf shows.
+fn pinned_same_pages(buffer: &gst::BufferRef, app: &gst::Buffer) -> Result<(), String> {
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+    check(buffer.n_memory() == 1, "not one memory")?;
+    let mem = buffer.peek_memory(0);
+    let fd = gstvmem::memory::dmabuf_fd(mem).ok_or("not dma-buf memory")?;
+    check(
+        kernel::is_vmemexp_dmabuf(fd),
+        "not exported by the vmemexp module",
+    )?;
+    let skew = skew_of(app);
+    check(
+        mem.offset() == skew,
+        &format!(
+            "offset {} for a frame {skew} bytes into its page",
+            mem.offset()
+        ),
+    )?;
+    check(mem.size() == app.size(), "size is not the frame's")?;
+    // The application's pointer into its own buffer: written behind GStreamer's back, as a
+    // producer reusing its memory would.
+    let app_ptr = app.map_readable().unwrap().as_ptr() as *mut u8;
+    let at = app.size() / 2;
+    let consumer =
+        unsafe { Mapping::new(fd, 0, mem.maxsize(), false) }.map_err(|e| e.to_string())?;
+    // SAFETY: `app` is alive; nothing else reads or writes this byte during the check.
+    let old = unsafe { app_ptr.add(at).read_volatile() };
+    unsafe { app_ptr.add(at).write_volatile(old ^ 0x5a) };
+    kernel::sync_start(fd, SyncAccess::Read).map_err(|e| e.to_string())?;
+    let seen = consumer.copy_out(skew + at, 1)[0];
+    kernel::sync_end(fd, SyncAccess::Read).map_err(|e| e.to_string())?;
+    unsafe { app_ptr.add(at).write_volatile(old) };
+    check(
+        seen == old ^ 0x5a,
+        "the dma-buf shows other pages than the application's (a copy)",
+    )
+}
+
+fn assert_pinned_zero_copy(v: &gst::Element, frames: u64) {
+    let stats = v.property::<gst::Structure>("stats");
+    assert_eq!(stat(v, "frames"), frames, "{stats}");
+    assert_eq!(stat(v, "copies"), 0, "{stats}");
+    assert_eq!(stat(v, "bytes-copied"), 0, "{stats}");
+    assert_eq!(stat(v, "pinned-exports"), stat(v, "exported"), "{stats}");
+    assert_eq!(
+        stat(v, "exported") + stat(v, "export-cache-hits"),
+        frames,
+        "{stats}"
+    );
+}
+
+fn copy_reasons(v: &gst::Element) -> gst::Structure {
+    v.property::<gst::Structure>("stats")
+        .get::<gst::Structure>("copy-reasons")
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn vmemexp_is_loaded() {
+    // This binary proves nothing without the module: its absence is a failure.
+    assert!(
+        std::path::Path::new(kernel::VMEMEXP_PATH).exists(),
+        "{} is missing: tests/vm/suite loads vmemexp.ko before this binary",
+        kernel::VMEMEXP_PATH
+    );
+    kernel::Vmemexp::open().expect("open /dev/vmemexp");
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn malloc_frames_reach_kmssink_without_copies() {
+    init();
+    let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);
+    let info = video_info(gst_video::VideoFormat::Bgrx, 640, 480);
+    let frames = 10;
+    for alloc in [Alloc::WithSize, Alloc::Memalign { skew: 0 }] {
+        log.clear();
+        let buffers: Vec<gst::Buffer> = (0..frames)
+            .map(|i| app_buffer(alloc, info.size(), i))
+            .collect();
+        let skews: Vec<usize> = buffers.iter().map(|b| skew_of(b)).collect();
+        let expected: Vec<u64> = buffers
+            .iter()
+            .map(|b| checksum(&normalized_frame(b, &info)))
+            .collect();
+        let apps = buffers.clone();
+        let pipeline = launch(
+            "appsrc name=src ! vmemexport name=v ! tee name=t ! queue ! \
+             kmssink name=k driver-name=vkms sync=false t. ! queue ! appsink name=out sync=false",
+        );
+        let proof = ScanoutProof::install(&pipeline, "k");
+        let out = collect(&pipeline, "out");
+        run_pushing(&pipeline, &info, buffers);
+        let v = element(&pipeline, "v");
+        assert_pinned_zero_copy(&v, frames as u64);
+        // Every frame is a memory of its own, so an export of its own.
+        assert_eq!(stat(&v, "pinned-exports"), frames as u64, "{alloc:?}");
+        proof.assert_on_screen(&format!("{alloc:?} ! vmemexport ! kmssink"));
+        assert_eq!(log.count("GST_PERFORMANCE", "frame copy"), 0, "{alloc:?}");
+        if let Some((new, _)) = kmssink_imports(&log) {
+            assert_eq!(new, frames, "{alloc:?}: one framebuffer per frame");
+        }
+        let out = out.lock().unwrap();
+        let sums: Vec<u64> = out
+            .iter()
+            .map(|(caps, b)| {
+                let (info, _) = gstvmem::formats::video_info_from_caps(caps).unwrap();
+                checksum(&normalized_frame(b, &info))
+            })
+            .collect();
+        assert_eq!(sums, expected, "{alloc:?}: the pixels the consumer maps");
+        for ((_, b), app) in out.iter().zip(&apps) {
+            if let Err(e) = pinned_same_pages(b, app) {
+                panic!("{alloc:?}: {e}");
+            }
+        }
+        eprintln!("{alloc:?}: frames start {skews:?} bytes into their page");
+    }
+}
+
+/// The FWHT bitstream of `buffers` encoded by vicodec, through vmemexp and dma-buf import
+/// (`export`) or through upstream's own copy into MMAP buffers; and vmemexport's stats.
+fn fwht(
+    info: &gst_video::VideoInfo,
+    buffers: Vec<gst::Buffer>,
+    export: bool,
+) -> (Vec<Vec<u8>>, Option<gst::Element>, RunResult) {
+    let desc = if export {
+        "appsrc name=src ! vmemexport name=v ! v4l2fwhtenc output-io-mode=dmabuf-import ! \
+         appsink name=out sync=false"
+    } else {
+        "appsrc name=src ! v4l2fwhtenc ! appsink name=out sync=false"
+    };
+    let pipeline = launch(desc);
+    let out = collect(&pipeline, "out");
+    let result = run_pushing(&pipeline, info, buffers);
+    let bytes = out
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.map_readable().unwrap().to_vec())
+        .collect();
+    (bytes, pipeline.by_name("v"), result)
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn page_aligned_app_frames_reach_v4l2fwhtenc_without_copies() {
+    init();
+    let frames = 5;
+    for format in [gst_video::VideoFormat::I420, gst_video::VideoFormat::Nv12] {
+        let info = video_info(format, 1280, 720);
+        for alloc in [Alloc::PageAligned, Alloc::Memalign { skew: 0 }] {
+            let make = || -> Vec<gst::Buffer> {
+                (0..frames)
+                    .map(|i| app_buffer(alloc, info.size(), i))
+                    .collect()
+            };
+            let buffers = make();
+            assert!(buffers.iter().all(|b| skew_of(b) == 0), "{alloc:?}");
+            let (reference, _, _) = fwht(&info, make(), false);
+            let (zero_copy, v, _) = fwht(&info, buffers, true);
+            let v = v.unwrap();
+            assert_pinned_zero_copy(&v, frames as u64);
+            assert_eq!(zero_copy.len(), frames, "{format:?} {alloc:?}");
+            assert!(
+                zero_copy == reference,
+                "{format:?} {alloc:?}: bitstreams differ between the pinned import and the copy"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn unaligned_frames_are_copied_for_v4l2_with_the_reason() {
+    // Single-planar V4L2 reads from the dma-buf's first byte (GStreamer asserts a zero
+    // offset): a frame that starts inside its page is copied, counted under its reason.
+    init();
+    let frames = 4;
+    let info = video_info(gst_video::VideoFormat::I420, 1280, 720);
+    let make = || -> Vec<gst::Buffer> {
+        (0..frames)
+            .map(|i| app_buffer(Alloc::Memalign { skew: 64 }, info.size(), i))
+            .collect()
+    };
+    let (reference, _, _) = fwht(&info, make(), false);
+    let (through, v, result) = fwht(&info, make(), true);
+    let v = v.unwrap();
+    assert_eq!(stat(&v, "copies"), frames as u64);
+    assert_eq!(stat(&v, "pinned-exports"), 0, "nothing pinned in vain");
+    assert_eq!(
+        copy_reasons(&v).get::<u64>("needs-zero-offset").unwrap(),
+        frames as u64
+    );
+    assert_eq!(result.warnings.len(), 1, "{:?}", result.warnings);
+    assert!(
+        result.warnings[0].contains("v4l2fwhtenc") && result.warnings[0].contains("64 bytes"),
+        "{:?}",
+        result.warnings
+    );
+    assert!(through == reference, "the copies carry the frames");
+}
+
+const H264_FILE_TO_AVDEC: &str = "x264enc speed-preset=ultrafast ! h264parse ! video/x-h264,stream-format=byte-stream | h264parse ! avdec_h264";
+
+/// Decodes `frames` frames with `decoder` (a chain from videotestsrc's I420 at `size` on; or
+/// an encoder chain, " | ", and the decoder chain, to encode only once, into a file)
+/// through vmemexport (with `props`) into dmabufsink (PRIME import into vkms) and an appsink
+/// that checksums each frame through its dma-buf as it arrives (holding the buffers would keep
+/// the decoder's pool from reusing them). Asserts the pixels are the decoder's and that no
+/// frame was copied; returns vmemexport.
+fn decode_without_copies(
+    decoder: &str,
+    size: (u32, u32),
+    frames: usize,
+    props: &str,
+) -> gst::Element {
+    let (w, h) = size;
+    // Encoded once, decoded twice: with and without vmemexport.
+    let src = match decoder.split_once(" | ") {
+        Some((encoder, decoder)) => {
+            let file = std::env::temp_dir().join(format!("vm_pinned-{w}x{h}.bin"));
+            let file = file.display();
+            run(&launch(&format!(
+                "videotestsrc num-buffers={frames} pattern=ball ! \
+                 video/x-raw,format=I420,width={w},height={h},framerate=30/1 ! {encoder} ! \
+                 filesink location={file}"
+            )));
+            format!("filesrc location={file} ! {decoder}")
+        }
+        None => format!(
+            "videotestsrc num-buffers={frames} pattern=ball ! \
+             video/x-raw,format=I420,width={w},height={h},framerate=30/1 ! {decoder}"
+        ),
+    };
+    let reference = frame_checksums(&format!("{src} ! appsink name=out sync=false"));
+    assert_eq!(reference.len(), frames, "{decoder}");
+    let pipeline = launch(&format!(
+        "{src} ! vmemexport name=v {props} ! tee name=t ! queue ! \
+         dmabufsink name=s drm-device=driver:vkms t. ! queue ! appsink name=out sync=false"
+    ));
+    let sums = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Result<u64, String>>::new()));
+    let store = sums.clone();
+    element(&pipeline, "out")
+        .downcast::<gst_app::AppSink>()
+        .unwrap()
+        .set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let b = sample.buffer().unwrap();
+                    let exporter = gstvmem::memory::dmabuf_fd(b.peek_memory(0))
+                        .and_then(kernel::dmabuf_exporter);
+                    let (info, _) =
+                        gstvmem::formats::video_info_from_caps(sample.caps().unwrap()).unwrap();
+                    store.lock().unwrap().push(match exporter.as_deref() {
+                        Some("vmemexp" | "udmabuf") => Ok(checksum(&normalized_frame(b, &info))),
+                        other => Err(format!("a frame exported by {other:?}")),
+                    });
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    run(&pipeline);
+    let v = element(&pipeline, "v");
+    let stats = v.property::<gst::Structure>("stats");
+    eprintln!("{decoder} {w}x{h} {props}: {stats}");
+    assert_eq!(stat(&v, "frames"), frames as u64, "{decoder}: {stats}");
+    assert_eq!(stat(&v, "copies"), 0, "{decoder}: {stats}");
+    let sums: Result<Vec<u64>, String> = sums.lock().unwrap().iter().cloned().collect();
+    assert_eq!(
+        sums.unwrap(),
+        reference,
+        "{decoder}: the decoder's pixels, through the dma-buf"
+    );
+    let s = element(&pipeline, "s");
+    assert_eq!(stat(&s, "frames"), frames as u64);
+    assert_eq!(
+        stat(&s, "imported"),
+        stat(&v, "exported"),
+        "{decoder}: PRIME import once per dma-buf"
+    );
+    v
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn a_decoders_own_frames_leave_pinned() {
+    // jpegdec decodes into its own pool (propose-pool=false): those frames are pinned where
+    // they are, once per pool buffer.
+    init();
+    let v = decode_without_copies("jpegenc ! jpegdec", (640, 480), 20, "propose-pool=false");
+    assert_pinned_zero_copy(&v, 20);
+    let pinned = stat(&v, "pinned-exports");
+    assert!(
+        (1..=8).contains(&pinned),
+        "one export per decoder pool buffer, not per frame: {pinned} for 20 frames"
+    );
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn software_decoders_leave_without_copies() {
+    // Decoders that copy without the module, because their frames come from their own pools:
+    // with it, every frame leaves as its own pages. avdec_* wrap each frame of libav's buffer
+    // pool in a new GstMemory, so each is a new export (a cache per memory cannot see that the
+    // pages are the same); the README's producer table lists these counts.
+    init();
+    let frames = 20;
+    for (decoder, size) in [
+        (H264_FILE_TO_AVDEC, (640, 480)),
+        (H264_FILE_TO_AVDEC, (854, 480)),
+        (
+            "vp9enc deadline=1 ! matroskamux | matroskademux ! vp9dec",
+            (640, 480),
+        ),
+        (
+            "vp9enc deadline=1 ! matroskamux | matroskademux ! avdec_vp9",
+            (640, 480),
+        ),
+    ] {
+        decode_without_copies(decoder, size, frames, "");
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn without_pinning_foreign_frames_are_copied() {
+    // pin-system-memory=false: the copy path, said so once, counted under its reason.
+    init();
+    let info = video_info(gst_video::VideoFormat::Bgrx, 320, 240);
+    let buffers = (0..3)
+        .map(|i| app_buffer(Alloc::WithSize, info.size(), i))
+        .collect();
+    let pipeline = launch("appsrc name=src ! vmemexport name=v pin-system-memory=false ! fakesink");
+    let result = run_pushing(&pipeline, &info, buffers);
+    let v = element(&pipeline, "v");
+    assert_eq!(stat(&v, "copies"), 3);
+    assert_eq!(stat(&v, "pinned-exports"), 0);
+    assert_eq!(copy_reasons(&v).get::<u64>("foreign-memory").unwrap(), 3);
+    assert!(
+        result.warnings.len() == 1 && result.warnings[0].contains("pin-system-memory=false"),
+        "{:?}",
+        result.warnings
+    );
+}
