@@ -80,7 +80,7 @@ demo: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/demo
 
 # Benchmarks (figures, never a failure on a number): results/gst-<version>/bench.{json,csv,md}.
-bench: vm-ready
+bench: vm-ready module
 	tests/vm/run --userland $(USERLAND) -- tests/vm/bench $(BENCH_ARGS)
 
 # Soak and faults (full figures; the VM suite runs a short one): results/gst-<version>/soak.md.

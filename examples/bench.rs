@@ -10,6 +10,9 @@
 //!    process, ours vs upstream, raw and with the producer's own cost (videotestsrc ! fakesink
 //!    at the same caps) subtracted; peak RSS; most dma-buf fds open at once.
 //! 3. Syscalls per frame in steady state (strace -c on gst-launch, 2N frames minus N frames).
+//! 4. Frames from other memory (malloc, a decoder's pool): the vmemexp module's pinned export
+//!    against the copy fallback, 640x480 .. 3840x2160 (needs /dev/vmemexp: tests/vm/bench
+//!    loads the module).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 mod driver;
+mod pinned;
 use driver::{launch, run};
 
 const REPS: usize = 3;
@@ -439,12 +443,70 @@ fn main() {
     let _ = writeln!(md, "| vmemexport + dmabuf-import | {} | 0 |", fmt(sys_ours));
     let _ = writeln!(
         json,
-        "  \"syscalls_per_frame\": {{\"upstream\": {}, \"ours\": {}, \"plugin_path\": \"{plugin_path}\"}}\n}}",
+        "  \"syscalls_per_frame\": {{\"upstream\": {}, \"ours\": {}, \"plugin_path\": \"{plugin_path}\"}},",
         sys_up.map_or("null".into(), |v| format!("{v:.1}")),
         sys_ours.map_or("null".into(), |v| format!("{v:.1}"))
     );
     let _ = writeln!(csv, "syscalls,encoder,upstream,per_frame,{},,", fmt(sys_up));
     let _ = writeln!(csv, "syscalls,encoder,ours,per_frame,{},,", fmt(sys_ours));
+
+    // 4. Pinned exports (vmemexp) against the copy fallback.
+    md.push_str(
+        "\n### Frames from other memory: pinned export (vmemexp) vs copy, BGRx\n\n\
+         | size | frame | pin + export + release (us) | memcpy (us) | in vmemexport: new frame each time, pinned (us) | frames reused, pinned once (us) | copy fallback (us) | copy / pinned |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    match pinned::measure(quick) {
+        Ok(rows) => {
+            json.push_str("  \"pinned\": [\n");
+            for (i, r) in rows.iter().enumerate() {
+                let _ = writeln!(
+                    md,
+                    "| {}x{} | {:.1} MiB | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1}x |",
+                    r.width,
+                    r.height,
+                    r.bytes as f64 / 1048576.0,
+                    r.pin_us,
+                    r.memcpy_us,
+                    r.element_new_us,
+                    r.element_reused_us,
+                    r.element_copy_us,
+                    r.element_copy_us / r.element_new_us
+                );
+                for (variant, v) in [
+                    ("pin-export-release", r.pin_us),
+                    ("memcpy", r.memcpy_us),
+                    ("element-pinned-new", r.element_new_us),
+                    ("element-pinned-reused", r.element_reused_us),
+                    ("element-copy", r.element_copy_us),
+                ] {
+                    let _ = writeln!(
+                        csv,
+                        "pinned,BGRx {}x{},{variant},us_per_frame,{v:.1},,",
+                        r.width, r.height
+                    );
+                }
+                let _ = write!(
+                    json,
+                    "{}    {{\"width\": {}, \"height\": {}, \"pin_export_release_us\": {:.1}, \"memcpy_us\": {:.1}, \"element_pinned_new_us\": {:.1}, \"element_pinned_reused_us\": {:.1}, \"element_copy_us\": {:.1}, \"copy_fallback_copies\": {}}}",
+                    if i == 0 { "" } else { ",\n" },
+                    r.width,
+                    r.height,
+                    r.pin_us,
+                    r.memcpy_us,
+                    r.element_new_us,
+                    r.element_reused_us,
+                    r.element_copy_us,
+                    r.copies
+                );
+            }
+            json.push_str("\n  ]\n}\n");
+        }
+        Err(why) => {
+            let _ = writeln!(md, "| not measured: {why} | | | | | | | |");
+            json.push_str("  \"pinned\": null\n}\n");
+        }
+    }
 
     std::fs::write(dir.join("bench.json"), json).unwrap();
     std::fs::write(dir.join("bench.csv"), csv).unwrap();
