@@ -29,6 +29,9 @@ impl AppMemory {
         // SAFETY: plain allocation; checked below.
         let rc = unsafe { libc::posix_memalign(&mut base, PAGE, len + skew) };
         assert_eq!(rc, 0, "posix_memalign");
+        // The bytes before the frame share its first page, so they travel with the export.
+        // SAFETY: `len + skew` bytes were just allocated.
+        unsafe { std::ptr::write_bytes(base as *mut u8, 0, len + skew) };
         AppMemory {
             base: base.cast(),
             skew,
@@ -487,4 +490,72 @@ fn without_pinning_foreign_frames_are_copied() {
         "{:?}",
         result.warnings
     );
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn another_process_reads_the_applications_pages() {
+    // Pinned exports over dmabufsink's socket: the client maps the application's own pages.
+    init();
+    let info = video_info(gst_video::VideoFormat::Bgrx, 320, 240);
+    let frames = 6;
+    let skew = 64;
+    let buffers: Vec<gst::Buffer> = (0..frames)
+        .map(|i| app_buffer(Alloc::Memalign { skew }, info.size(), i))
+        .collect();
+    // What a client checksums: the dma-buf from its first byte to the frame's end, i.e. the
+    // `skew` zero bytes before the frame in its page, then the frame.
+    let expected: Vec<u64> = buffers
+        .iter()
+        .map(|b| {
+            let mut bytes = vec![0u8; skew];
+            bytes.extend_from_slice(&b.map_readable().unwrap());
+            checksum(&bytes)
+        })
+        .collect();
+    let path = format!("/tmp/vm-pinned-{}.sock", std::process::id());
+    let pipeline = launch(&format!(
+        "appsrc name=src ! vmemexport name=v ! dmabufsink name=s socket-path={path} \
+         drop-policy=wait"
+    ));
+    let src = element(&pipeline, "src")
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&info.to_caps().unwrap()));
+    src.set_format(gst::Format::Time);
+    pipeline.set_state(gst::State::Paused).unwrap();
+    let client = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/debug/examples/dmabuf_client"
+    );
+    let mut child = std::process::Command::new(client)
+        .args([path.as_str(), "--frames", &frames.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the dmabuf_client example is built by cargo test");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("connected"), "client said: {line}");
+    for b in buffers {
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    // The pipeline stops only once the client is done: stopping lets dmabufsink's held frames
+    // go back to the application, whose allocator may write into them (free() does).
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let lines: Vec<String> = std::io::BufRead::lines(out).map(|l| l.unwrap()).collect();
+    let output = child.wait_with_output().unwrap();
+    run(&pipeline);
+    assert!(output.status.success(), "{output:?}");
+    let sums: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.split("checksum ").nth(1))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .collect();
+    assert_eq!(sums, expected, "the client read other bytes: {lines:?}");
+    let v = element(&pipeline, "v");
+    assert_pinned_zero_copy(&v, frames as u64);
+    assert_eq!(stat(&v, "pinned-exports"), frames as u64);
 }
