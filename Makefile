@@ -7,7 +7,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint checkpatch module host-test meson-check vm-tests vm-test vm-ready test bench soak demo clean
+.PHONY: all build setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak demo clean
 
 all: build
 
@@ -48,6 +48,28 @@ meson-check:
 	  gst-inspect-1.0 vmem | grep -q 'vmemexport'
 	@echo "meson-check: libgstvmem.so installed and loadable"
 
+# Debian packages in target/debian/: gstreamer1.0-vmem (the plugin in GStreamer's multiarch
+# plugin directory, docs, the examples' sources; [package.metadata.deb] in Cargo.toml) and
+# vmemexp-dkms (the module's DKMS source tree, vmemexp/debian/mkdeb). The VM suite installs the
+# plugin's package with dpkg (tests/vm/deb-install).
+deb:
+	rm -f target/debian/*.deb target/debian/*.ddeb
+	$(CARGO) deb --multiarch=same --strip
+	vmemexp/debian/mkdeb target/debian
+
+# vmemexp-dkms's source tree, as the package installs it, builds vmemexp.ko the way DKMS does
+# (make -C KERNEL M=TREE modules), here against the testbed kernel, without a warning.
+KERNEL_SRC ?= $$(tests/vm/setup kernel-source)
+KERNEL_OUT ?= $$(k=$$(tests/vm/setup kernel) && echo $${k%/arch/x86/boot/bzImage})
+dkms-check: deb
+	rm -rf target/dkms-check && mkdir -p target/dkms-check
+	dpkg-deb -x target/debian/vmemexp-dkms_*_all.deb target/dkms-check
+	tree=$$(echo $(CURDIR)/target/dkms-check/usr/src/vmemexp-*) && \
+	  make -s -C $(KERNEL_SRC) O=$(KERNEL_OUT) M=$$tree modules >target/dkms-check/build.log 2>&1 && \
+	  ! grep -qiE 'warning|error' target/dkms-check/build.log && test -f $$tree/vmemexp.ko \
+	  || { cat target/dkms-check/build.log; exit 1; }
+	@echo "dkms-check: vmemexp-dkms's /usr/src tree builds vmemexp.ko"
+
 # Test binaries for the guest: built on the host, listed for tests/vm/suite.
 vm-tests: build
 	$(CARGO) test --no-run --message-format=json > target/vm-tests.json
@@ -57,15 +79,15 @@ vm-tests: build
 	cc -O2 -Wall -Werror examples/c/vmem_pipeline.c -o target/examples-c/vmem_pipeline \
 	  $$(pkg-config --cflags --libs gstreamer-1.0 gstreamer-allocators-1.0)
 
-vm-test: vm-tests module
+vm-test: vm-tests module deb
 	tests/vm/check-all $(USERLANDS)
 
 test:
 	tests/vm/setup host
-	$(MAKE) lint host-test meson-check vm-tests
+	$(MAKE) lint host-test meson-check vm-tests deb
 	tests/vm/setup all
 	tests/vm/run-args-test
-	$(MAKE) checkpatch module
+	$(MAKE) checkpatch module dkms-check
 	tests/vm/check-all $(USERLANDS)
 
 # What make demo, bench and soak need: the testbed for USERLAND and the release build.

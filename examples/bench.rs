@@ -3,6 +3,7 @@
 //! Figures, not pass/fail: results go to RESULTS_DIR as bench.json, bench.csv and bench.md.
 //!
 //!     bench RESULTS_DIR [--quick]
+//!     bench --plot-only RESULTS_DIR/bench.json   (redraws bench.png and bench-e2e.png)
 //!
 //! 1. vmemexport alone: per-frame time between its sink and src pads, zero-copy path vs its
 //!    copy fallback (`propose-pool=false`), at 640x480 .. 3840x2160, NV12 and BGRx.
@@ -22,6 +23,7 @@ use gst::prelude::*;
 
 mod driver;
 mod pinned;
+mod plot;
 use driver::{launch, run};
 
 const REPS: usize = 3;
@@ -195,42 +197,17 @@ fn syscalls_per_frame(desc: &str, frames: u32) -> Option<f64> {
     Some((count(2 * frames)? - count(frames)?) / f64::from(frames))
 }
 
-/// A bar chart of the per-frame element cost (log scale, 1 us .. 100 ms): for each format
-/// and size, the zero-copy path (green) next to the copy fallback (red). No text: the README
-/// names the groups (NV12 then BGRx, 640x480 .. 3840x2160 left to right).
-fn plot_element_costs(points: &[(&str, u32, f64, f64)], path: &std::path::Path) {
-    let (width, height) = (104 + 90 * points.len() as u32, 360u32);
-    let mut img = vec![255u8; (width * height * 3) as usize];
-    let mut fill = |x0: u32, y0: u32, x1: u32, y1: u32, rgb: [u8; 3]| {
-        for y in y0.min(height - 1)..y1.min(height) {
-            for x in x0.min(width - 1)..x1.min(width) {
-                let i = ((y * width + x) * 3) as usize;
-                img[i..i + 3].copy_from_slice(&rgb);
-            }
-        }
-    };
-    let base = height - 30;
-    // Decade grid lines: 1 us, 10 us, ... 100 ms.
-    let y_of = |us: f64| base - ((us.max(1.0).log10() / 5.0) * f64::from(base - 20)) as u32;
-    for decade in 0..=5 {
-        let y = y_of(10f64.powi(decade));
-        fill(40, y, width - 10, y + 1, [200, 200, 200]);
-    }
-    fill(40, base, width - 10, base + 2, [0, 0, 0]);
-    for (i, &(format, _, zero_copy, copy)) in points.iter().enumerate() {
-        let x = 60 + 90 * i as u32 + if format == "BGRx" { 20 } else { 0 };
-        fill(x, y_of(zero_copy), x + 30, base, [40, 160, 60]);
-        fill(x + 34, y_of(copy), x + 64, base, [200, 50, 40]);
-    }
-    let file = std::fs::File::create(path).unwrap();
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.write_header().unwrap().write_image_data(&img).unwrap();
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--plot-only") {
+        let json = args
+            .get(1)
+            .expect("usage: bench --plot-only RESULTS_DIR/bench.json");
+        for png in plot::plot_results(std::path::Path::new(json)).unwrap() {
+            println!("{}", png.display());
+        }
+        return;
+    }
     let dir = std::path::PathBuf::from(args.first().expect("usage: bench RESULTS_DIR [--quick]"));
     let quick = args.iter().any(|a| a == "--quick");
     std::fs::create_dir_all(&dir).unwrap();
@@ -266,7 +243,6 @@ fn main() {
     json.push_str("  \"element\": [\n");
     let mut first = true;
     let mut vga_cost = std::collections::HashMap::new();
-    let mut plot = Vec::new();
     for format in ["NV12", "BGRx"] {
         for &(w, h) in sizes {
             let caps = format!("video/x-raw,format={format},width={w},height={h},framerate=30/1");
@@ -286,7 +262,6 @@ fn main() {
             if w == 640 {
                 vga_cost.insert(format, (zc.median, zn.median, id.median));
             }
-            plot.push((format, w, zc.median, cp.median));
             let _ = writeln!(
                 md,
                 "| {format} | {w}x{h} | {:.0} | {:.0} | {:.0} | {:.1}x | {:.0} |",
@@ -331,7 +306,6 @@ fn main() {
         }
     }
     json.push_str("\n  ],\n");
-    plot_element_costs(&plot, &dir.join("bench.png"));
 
     // 2. End to end at 1280x720.
     let n = if quick { 15 } else { 30 };
@@ -512,4 +486,5 @@ fn main() {
     std::fs::write(dir.join("bench.csv"), csv).unwrap();
     std::fs::write(dir.join("bench.md"), &md).unwrap();
     println!("{md}");
+    plot::plot_results(&dir.join("bench.json")).unwrap();
 }

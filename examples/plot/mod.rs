@@ -1,0 +1,426 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The benchmark's plots, drawn from bench.json (what examples/bench.rs writes, or an earlier
+//! run's file with `bench --plot-only`): bench.png (vmemexport alone) and bench-e2e.png (end to
+//! end). Text uses the DejaVu Sans font vendored beside this file, so no system font is needed.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+
+use plotters::coord::combinators::{LogCoord, WithKeyPoints};
+use plotters::coord::types::RangedCoordi32;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde_json::Value;
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const FONT: &str = "sans-serif";
+const GREEN: RGBColor = RGBColor(40, 150, 60);
+const LIGHT_GREEN: RGBColor = RGBColor(140, 205, 120);
+const RED: RGBColor = RGBColor(200, 50, 40);
+const GREY: RGBColor = RGBColor(150, 150, 150);
+const BLUE: RGBColor = RGBColor(60, 110, 190);
+
+/// One variant's time per frame inside the element, for one format and size.
+struct ElementPoint {
+    group: String,
+    variant: String,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+struct EndToEnd {
+    case: String,
+    upstream: f64,
+    ours: f64,
+    producer: f64,
+}
+
+struct Results {
+    /// "GStreamer 1.26.2, kernel 6.12.117, qemu TCG, 2 vCPUs, 2026-11-25"
+    setting: String,
+    element: Vec<ElementPoint>,
+    end_to_end: Vec<EndToEnd>,
+}
+
+fn parse(json: &str) -> Res<Results> {
+    let v: Value = serde_json::from_str(json)?;
+    let s = |v: &Value, k: &str| -> Res<String> {
+        Ok(v[k]
+            .as_str()
+            .ok_or_else(|| format!("bench.json: no string \"{k}\""))?
+            .to_string())
+    };
+    let f = |v: &Value, k: &str| -> Res<f64> {
+        v[k].as_f64()
+            .ok_or_else(|| format!("bench.json: no number \"{k}\"").into())
+    };
+    let list = |k: &str| -> Res<&Vec<Value>> {
+        v[k].as_array()
+            .ok_or_else(|| format!("bench.json: no list \"{k}\"").into())
+    };
+    let mut element = Vec::new();
+    for p in list("element")? {
+        let t = &p["us_per_frame"];
+        element.push(ElementPoint {
+            group: format!("{} {}x{}", s(p, "format")?, f(p, "width")?, f(p, "height")?),
+            variant: s(p, "variant")?,
+            median: f(t, "median")?,
+            min: f(t, "min")?,
+            max: f(t, "max")?,
+        });
+    }
+    let mut end_to_end = Vec::new();
+    for c in list("end_to_end")? {
+        end_to_end.push(EndToEnd {
+            case: s(c, "case")?,
+            upstream: f(c, "upstream_cpu_us")?,
+            ours: f(c, "ours_cpu_us")?,
+            producer: f(c, "producer_cpu_us")?,
+        });
+    }
+    Ok(Results {
+        setting: format!(
+            "{}, kernel {}, {}, {}",
+            s(&v, "gstreamer")?,
+            s(&v, "kernel")?,
+            s(&v, "testbed")?,
+            s(&v, "date")?
+        ),
+        element,
+        end_to_end,
+    })
+}
+
+/// Draws bench.png and bench-e2e.png beside `json` (a bench.json); returns their paths.
+pub fn plot_results(json: &Path) -> Res<Vec<PathBuf>> {
+    static FONT_ONCE: std::sync::Once = std::sync::Once::new();
+    FONT_ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("DejaVuSans.ttf"))
+            .unwrap_or_else(|_| panic!("examples/plot/DejaVuSans.ttf is not a usable font"));
+    });
+    let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let results = parse(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let dir = json.parent().unwrap_or(Path::new("."));
+    let (element, e2e) = (dir.join("bench.png"), dir.join("bench-e2e.png"));
+    write_png(&element, (1200, 620), |root| plot_element(root, &results))?;
+    write_png(&e2e, (1400, 620), |root| plot_end_to_end(root, &results))?;
+    Ok(vec![element, e2e])
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+fn write_png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Res<()>) -> Res<()> {
+    let mut rgb = vec![255u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(&rgb)?;
+    Ok(())
+}
+
+/// "150 µs", "1.5 ms", "2 s": a time given in microseconds, in the unit that suits it.
+fn human_us(us: f64) -> String {
+    let (v, unit) = if us >= 1e6 {
+        (us / 1e6, "s")
+    } else if us >= 1e3 {
+        (us / 1e3, "ms")
+    } else {
+        (us, "µs")
+    };
+    if v >= 100.0 || v.fract().abs() < 1e-9 {
+        format!("{v:.0} {unit}")
+    } else if v >= 10.0 {
+        format!("{v:.1} {unit}")
+    } else {
+        format!("{v:.2} {unit}")
+    }
+}
+
+/// A log axis from the decade below `lo` to the decade above `hi` (with headroom for labels).
+fn decades(lo: f64, hi: f64) -> std::ops::Range<f64> {
+    let lo = 10f64.powf(lo.max(0.1).log10().floor());
+    let hi = 10f64.powf((hi * 3.0).log10().ceil());
+    lo..hi
+}
+
+/// Axis labels only at powers of ten (plotters' own log key points add 2x and 5x values that
+/// crowd a short axis).
+fn decade_labels(range: &std::ops::Range<f64>) -> Vec<f64> {
+    let (a, b) = (
+        range.start.log10().round() as i32,
+        range.end.log10().round() as i32,
+    );
+    (a..=b).map(|e| 10f64.powi(e)).collect()
+}
+
+/// The x axis counts in thousandths of a group (integers, so plotters formats its labels):
+/// group i spans [i * G, (i + 1) * G), its bars share the middle 80%.
+const G: i32 = 1000;
+
+/// Bar `si` of `n` in group `gi`: its left and right edges and its centre.
+fn bar_x(gi: usize, si: usize, n: usize) -> (i32, i32, i32) {
+    let w = G * 8 / 10 / n.max(1) as i32;
+    let x0 = gi as i32 * G + G / 10 + si as i32 * w;
+    (x0, x0 + w * 9 / 10, x0 + w * 9 / 20)
+}
+
+/// Groups along x, a log time axis along y.
+type BarChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<WithKeyPoints<RangedCoordi32>, WithKeyPoints<LogCoord<f64>>>,
+>;
+
+fn bar_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    title: &str,
+    groups: &'a [String],
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+) -> Res<BarChart<'a, 'b>> {
+    let y_keys = decade_labels(&y);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(
+            (0..groups.len() as i32 * G)
+                .with_key_points((0..groups.len() as i32).map(|i| i * G + G / 2).collect()),
+            y.log_scale().with_key_points(y_keys),
+        )?;
+    let x_label = |x: &i32| groups.get((x / G) as usize).cloned().unwrap_or_default();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&|v| human_us(*v))
+        .y_desc(y_desc)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
+        .draw()?;
+    Ok(chart)
+}
+
+fn plot_element(root: &Area, r: &Results) -> Res<()> {
+    let root = root.titled(
+        "vmemexport alone: time per frame inside the element (log scale)",
+        (FONT, 24),
+    )?;
+    let (note, body) = root.split_vertically(24);
+    note.draw(&Text::new(
+        format!(
+            "{}. Bar: median of the runs; whisker: min..max; above the red bar: copy / zero-copy.",
+            r.setting
+        ),
+        (12, 2),
+        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
+    ))?;
+    let mut groups: Vec<String> = Vec::new();
+    let mut variants: Vec<String> = Vec::new();
+    for p in &r.element {
+        if !groups.contains(&p.group) {
+            groups.push(p.group.clone());
+        }
+        if !variants.contains(&p.variant) {
+            variants.push(p.variant.clone());
+        }
+    }
+    let lo = r.element.iter().map(|p| p.min).fold(f64::MAX, f64::min);
+    let hi = r.element.iter().map(|p| p.max).fold(0.0, f64::max);
+    let y = decades(lo, hi);
+    let floor = y.start;
+    let mut chart = bar_chart(&body, "", &groups, y, "time per frame")?;
+    for (vi, variant) in variants.iter().enumerate() {
+        let (label, color) = match variant.as_str() {
+            "zero-copy" => ("zero-copy (the default)", GREEN),
+            "zero-copy-nosync" => ("zero-copy, sync=false", LIGHT_GREEN),
+            "copy" => ("copy fallback (propose-pool=false)", RED),
+            "identity" => ("identity in its place (the floor)", GREY),
+            other => (other, BLUE),
+        };
+        let bars: Vec<_> = r
+            .element
+            .iter()
+            .filter(|p| &p.variant == variant)
+            .filter_map(|p| Some((groups.iter().position(|g| *g == p.group)?, p)))
+            .collect();
+        let nv = variants.len();
+        chart
+            .draw_series(bars.iter().map(|&(gi, p)| {
+                let (x0, x1, _) = bar_x(gi, vi, nv);
+                Rectangle::new([(x0, floor), (x1, p.median)], color.filled())
+            }))?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+        chart.draw_series(bars.iter().map(|&(gi, p)| {
+            let x = bar_x(gi, vi, nv).2;
+            PathElement::new(vec![(x, p.min), (x, p.max)], BLACK.stroke_width(1))
+        }))?;
+    }
+    // copy / zero-copy above each group's copy bar: the point of the plot in one number.
+    let median = |g: &str, v: &str| {
+        r.element
+            .iter()
+            .find(|p| p.group == g && p.variant == v)
+            .map(|p| p.median)
+    };
+    if let Some(ci) = variants.iter().position(|v| v == "copy") {
+        let style = TextStyle::from((FONT, 14).into_font())
+            .color(&RED)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        for (gi, g) in groups.iter().enumerate() {
+            if let (Some(zc), Some(cp)) = (median(g, "zero-copy"), median(g, "copy")) {
+                let max = r
+                    .element
+                    .iter()
+                    .find(|p| p.group == *g && p.variant == "copy")
+                    .map_or(cp, |p| p.max);
+                let x = bar_x(gi, ci, variants.len()).2;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{:.1}x", cp / zc),
+                    (x, max * 1.15),
+                    style.clone(),
+                )))?;
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.5))
+        .draw()?;
+    Ok(())
+}
+
+fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
+    let root = root.titled(
+        "End to end at 1280x720: CPU time per frame of the whole process (log scale)",
+        (FONT, 24),
+    )?;
+    let (note, body) = root.split_vertically(24);
+    note.draw(&Text::new(
+        format!(
+            "{}. Median of the runs; above each pair: upstream / ours.",
+            r.setting
+        ),
+        (12, 2),
+        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
+    ))?;
+    let (left, right) = body.split_horizontally(body.dim_in_pixel().0 * 56 / 100);
+    let groups: Vec<String> = r.end_to_end.iter().map(|c| c.case.clone()).collect();
+    let whole = |c: &EndToEnd| [c.upstream, c.ours, c.producer];
+    // Transfer only: the producer's own cost (videotestsrc ! fakesink) subtracted; noise can
+    // make it zero or negative, which a log axis cannot show: such bars are labelled instead.
+    let transfer = |c: &EndToEnd| [c.upstream - c.producer, c.ours - c.producer, f64::NAN];
+    let series = [
+        ("upstream (copies into the consumer's buffers)", RED),
+        ("ours (vmemexport, zero-copy)", GREEN),
+        ("producer alone (videotestsrc ! fakesink)", GREY),
+    ];
+    for (area, title, values, legend) in [
+        (
+            &left,
+            "the whole process",
+            &whole as &dyn Fn(&EndToEnd) -> [f64; 3],
+            true,
+        ),
+        (
+            &right,
+            "transfer only: the producer alone subtracted",
+            &transfer,
+            false,
+        ),
+    ] {
+        let all: Vec<f64> = r
+            .end_to_end
+            .iter()
+            .flat_map(values)
+            .filter(|v| *v > 0.0)
+            .collect();
+        if all.is_empty() {
+            continue;
+        }
+        let lo = all.iter().copied().fold(f64::MAX, f64::min);
+        let hi = all.iter().copied().fold(0.0, f64::max);
+        let y = decades(lo, hi);
+        let floor = y.start;
+        let mut chart = bar_chart(area, title, &groups, y, "CPU time per frame")?;
+        let label_style = TextStyle::from((FONT, 13).into_font())
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        // The transfer-only panel has no producer bar: its pairs take the whole group.
+        let slots = (0..series.len())
+            .filter(|&si| r.end_to_end.iter().any(|c| !values(c)[si].is_nan()))
+            .count();
+        for (si, &(label, color)) in series.iter().enumerate() {
+            let bars: Vec<(usize, f64)> = r
+                .end_to_end
+                .iter()
+                .enumerate()
+                .map(|(gi, c)| (gi, values(c)[si]))
+                .filter(|(_, v)| !v.is_nan())
+                .collect();
+            if bars.is_empty() {
+                continue;
+            }
+            let drawn =
+                chart.draw_series(bars.iter().filter(|(_, v)| *v > 0.0).map(|&(gi, v)| {
+                    let (x0, x1, _) = bar_x(gi, si, slots);
+                    Rectangle::new([(x0, floor), (x1, v)], color.filled())
+                }))?;
+            if legend {
+                drawn.label(label).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+                });
+            }
+            chart.draw_series(bars.iter().map(|&(gi, v)| {
+                let x = bar_x(gi, si, slots).2;
+                if v > 0.0 {
+                    Text::new(human_us(v), (x, v * 1.08), label_style.clone())
+                } else {
+                    Text::new("<= 0".to_string(), (x, floor * 1.3), label_style.clone())
+                }
+            }))?;
+        }
+        let ratio_style = TextStyle::from((FONT, 15).into_font())
+            .color(&BLUE)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        for (gi, c) in r.end_to_end.iter().enumerate() {
+            let [up, ours, _] = values(c);
+            if up > 0.0 && ours > 0.0 {
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{:.2}x", up / ours),
+                    (
+                        (bar_x(gi, 0, slots).0 + bar_x(gi, 1, slots).1) / 2,
+                        up.max(ours) * 1.8,
+                    ),
+                    ratio_style.clone(),
+                )))?;
+            }
+        }
+        if legend {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FONT, 14))
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK.mix(0.5))
+                .draw()?;
+        }
+    }
+    Ok(())
+}
