@@ -10,57 +10,119 @@
 
 use std::sync::LazyLock;
 
+use drm_fourcc::DrmFourcc;
 use gst_video::VideoFormat;
 
 /// The caps feature of dma-buf memory.
-pub const CAPS_FEATURE_DMABUF: &str = "memory:DMABuf";
+pub const CAPS_FEATURE_DMABUF: &gst::glib::GStr = gst_allocators::CAPS_FEATURE_MEMORY_DMABUF;
 
-/// Formats with a DRM fourcc, in GStreamer's own mapping (video-info-dma.c of 1.24-1.28; GRAY8
-/// appeared in 1.26). Linear only: a linear buffer's drm-format is the fourcc alone ("NV12");
+/// Formats with a DRM fourcc where GStreamer has no mapping of its own (1.22): the formats
+/// 1.24's video-info-dma.c maps, and GRAY8 (1.26). From 1.24 on GStreamer's mapping is used
+/// (the VM suite checks that on 1.26 and 1.28).
+/// Linear only: a linear buffer's drm-format is the fourcc alone ("NV12");
 /// "NV12:0x0000000000000000" is rejected by GStreamer's parser.
-const TABLE: &[(VideoFormat, &str)] = &[
-    (VideoFormat::Nv12, "NV12"),
-    (VideoFormat::Nv21, "NV21"),
-    (VideoFormat::I420, "YU12"),
-    (VideoFormat::Yv12, "YV12"),
-    (VideoFormat::Nv16, "NV16"),
-    (VideoFormat::Nv61, "NV61"),
-    (VideoFormat::Nv24, "NV24"),
-    (VideoFormat::Y42b, "YU16"),
-    (VideoFormat::Y444, "YU24"),
-    (VideoFormat::Yuy2, "YUYV"),
-    (VideoFormat::Yvyu, "YVYU"),
-    (VideoFormat::Uyvy, "UYVY"),
-    (VideoFormat::Vyuy, "VYUY"),
-    (VideoFormat::Bgrx, "XR24"),
-    (VideoFormat::Bgra, "AR24"),
-    (VideoFormat::Rgbx, "XB24"),
-    (VideoFormat::Rgba, "AB24"),
-    (VideoFormat::Xrgb, "BX24"),
-    (VideoFormat::Argb, "BA24"),
-    (VideoFormat::Xbgr, "RX24"),
-    (VideoFormat::Abgr, "RA24"),
-    (VideoFormat::Rgb, "BG24"),
-    (VideoFormat::Bgr, "RG24"),
-    (VideoFormat::Rgb16, "RG16"),
-    (VideoFormat::Bgr16, "BG16"),
-    (VideoFormat::Gray8, "R8  "),
-    (VideoFormat::P01010le, "P010"),
-    (VideoFormat::P012Le, "P012"),
-    (VideoFormat::Vuya, "AYUV"),
-    (VideoFormat::Yuv9, "YUV9"),
-    (VideoFormat::Yvu9, "YVU9"),
-    (VideoFormat::Y41b, "YU11"),
-    (VideoFormat::Y410, "Y410"),
-    (VideoFormat::Y412Le, "Y412"),
-    (VideoFormat::Y210, "Y210"),
-    (VideoFormat::Y212Le, "Y212"),
-    (VideoFormat::Bgr10a2Le, "AR30"),
+const TABLE: &[(VideoFormat, DrmFourcc)] = &[
+    (VideoFormat::Nv12, DrmFourcc::Nv12),
+    (VideoFormat::Nv21, DrmFourcc::Nv21),
+    (VideoFormat::I420, DrmFourcc::Yuv420),
+    (VideoFormat::Yv12, DrmFourcc::Yvu420),
+    (VideoFormat::Nv16, DrmFourcc::Nv16),
+    (VideoFormat::Nv61, DrmFourcc::Nv61),
+    (VideoFormat::Nv24, DrmFourcc::Nv24),
+    (VideoFormat::Y42b, DrmFourcc::Yuv422),
+    (VideoFormat::Y444, DrmFourcc::Yuv444),
+    (VideoFormat::Yuy2, DrmFourcc::Yuyv),
+    (VideoFormat::Yvyu, DrmFourcc::Yvyu),
+    (VideoFormat::Uyvy, DrmFourcc::Uyvy),
+    (VideoFormat::Vyuy, DrmFourcc::Vyuy),
+    (VideoFormat::Bgrx, DrmFourcc::Xrgb8888),
+    (VideoFormat::Bgra, DrmFourcc::Argb8888),
+    (VideoFormat::Rgbx, DrmFourcc::Xbgr8888),
+    (VideoFormat::Rgba, DrmFourcc::Abgr8888),
+    (VideoFormat::Xrgb, DrmFourcc::Bgrx8888),
+    (VideoFormat::Argb, DrmFourcc::Bgra8888),
+    (VideoFormat::Xbgr, DrmFourcc::Rgbx8888),
+    (VideoFormat::Abgr, DrmFourcc::Rgba8888),
+    (VideoFormat::Rgb, DrmFourcc::Bgr888),
+    (VideoFormat::Bgr, DrmFourcc::Rgb888),
+    (VideoFormat::Rgb16, DrmFourcc::Rgb565),
+    (VideoFormat::Bgr16, DrmFourcc::Bgr565),
+    (VideoFormat::Gray8, DrmFourcc::R8),
+    (VideoFormat::P01010le, DrmFourcc::P010),
+    (VideoFormat::P012Le, DrmFourcc::P012),
+    (VideoFormat::Vuya, DrmFourcc::Ayuv),
+    (VideoFormat::Yuv9, DrmFourcc::Yuv410),
+    (VideoFormat::Yvu9, DrmFourcc::Yvu410),
+    (VideoFormat::Y41b, DrmFourcc::Yuv411),
+    (VideoFormat::Y410, DrmFourcc::Y410),
+    (VideoFormat::Y412Le, DrmFourcc::Y412),
+    (VideoFormat::Y210, DrmFourcc::Y210),
+    (VideoFormat::Y212Le, DrmFourcc::Y212),
+    (VideoFormat::Bgr10a2Le, DrmFourcc::Argb2101010),
 ];
+
+/// GStreamer's own mapping, `gst_video_dma_drm_fourcc_from_format` (1.24 and later), looked
+/// up at run time: the plugin is built against 1.22, and newer GStreamers map more formats
+/// (1.26 GRAY16, NV12_10LE40; 1.28 the 10- and 12-bit planar YUV formats...).
+type FourccFromFormat = unsafe extern "C" fn(i32) -> u32;
+
+static GST_MAPPING: LazyLock<Option<FourccFromFormat>> = LazyLock::new(|| {
+    // The plugin's own dependency, already loaded; not in the global scope, since GStreamer
+    // opens plugins with local binding.
+    // SAFETY: dlopen/dlsym with constant NUL-terminated names; RTLD_NOLOAD takes no new
+    // reference to a library that is not loaded, and the handle is kept (never closed).
+    unsafe {
+        let lib = libc::dlopen(
+            c"libgstvideo-1.0.so.0".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_NOLOAD,
+        );
+        if lib.is_null() {
+            return None;
+        }
+        let sym = libc::dlsym(lib, c"gst_video_dma_drm_fourcc_from_format".as_ptr());
+        (!sym.is_null()).then(|| std::mem::transmute::<*mut libc::c_void, FourccFromFormat>(sym))
+    }
+});
+
+/// The DRM fourcc of `format` as a u32: GStreamer's own mapping when the running GStreamer
+/// has one, else the table.
+fn fourcc_u32(format: VideoFormat) -> Option<u32> {
+    use gst::glib::translate::IntoGlib;
+    match *GST_MAPPING {
+        // SAFETY: `guint32 gst_video_dma_drm_fourcc_from_format (GstVideoFormat)`; it returns
+        // DRM_FORMAT_INVALID (0) for formats it does not map.
+        Some(map) => Some(unsafe { map(format.into_glib()) }).filter(|&c| c != 0),
+        None => TABLE
+            .iter()
+            .find(|(f, _)| *f == format)
+            .map(|(_, c)| *c as u32),
+    }
+}
+
+/// Every format with a DRM fourcc, and that fourcc spelled as caps spell it: its four bytes,
+/// blanks included ("R8  "). Fourccs that are not four ASCII bytes (the big-endian flag of
+/// GRAY16_BE) have no caps form.
+static DRM_FORMATS: LazyLock<Vec<(VideoFormat, &'static str)>> = LazyLock::new(|| {
+    formats()
+        .filter_map(|format| {
+            let code = fourcc_u32(format)?.to_le_bytes();
+            let text = std::str::from_utf8(&code).ok().filter(|t| t.is_ascii())?;
+            Some((format, &*Box::leak(text.to_owned().into_boxed_str())))
+        })
+        .collect()
+});
+
+/// The DRM fourcc of a GStreamer format.
+pub fn drm_fourcc_of(format: VideoFormat) -> Option<DrmFourcc> {
+    drm_fourcc(format).and_then(|c| DrmFourcc::try_from(c).ok())
+}
 
 /// The DRM fourcc string (as in caps) of a GStreamer format.
 pub fn drm_fourcc_str(format: VideoFormat) -> Option<&'static str> {
-    TABLE.iter().find(|(f, _)| *f == format).map(|(_, s)| *s)
+    DRM_FORMATS
+        .iter()
+        .find(|(f, _)| *f == format)
+        .map(|(_, s)| *s)
 }
 
 /// The DRM fourcc as the kernel's u32 (`fourcc_code(a, b, c, d)`).
@@ -74,7 +136,7 @@ pub fn format_from_drm_str(drm: &str) -> Option<VideoFormat> {
     if drm.contains(':') {
         return None;
     }
-    TABLE.iter().find(|(_, s)| *s == drm).map(|(f, _)| *f)
+    DRM_FORMATS.iter().find(|(_, s)| *s == drm).map(|(f, _)| *f)
 }
 
 /// The `drm-format` value for caps: always four characters, blanks included ("R8  "), since
@@ -85,7 +147,7 @@ pub fn drm_caps_str(format: VideoFormat) -> Option<&'static str> {
 
 /// The formats that have a DRM fourcc (and so a DMA_DRM form).
 pub fn drm_formats() -> impl Iterator<Item = VideoFormat> {
-    TABLE.iter().map(|(f, _)| *f)
+    DRM_FORMATS.iter().map(|(f, _)| *f)
 }
 
 /// Every raw video format the running GStreamer knows (`gst_video_formats_raw`, so a newer

@@ -667,3 +667,44 @@ fn every_raw_format_goes_through() {
         "{without_fourcc} formats without a fourcc"
     );
 }
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn drm_fourcc_table_is_gstreamers_own() {
+    // From 1.24 on GStreamer maps formats to DRM fourccs itself
+    // (gst_video_dma_drm_fourcc_from_format); the plugin, built against 1.22, carries the
+    // table and must agree with the GStreamer it runs on, format for format.
+    init();
+    use gst::glib::translate::IntoGlib;
+    // SAFETY: a symbol lookup; the name is a NUL-terminated constant.
+    let sym = unsafe {
+        libc::dlsym(
+            libc::RTLD_DEFAULT,
+            c"gst_video_dma_drm_fourcc_from_format".as_ptr(),
+        )
+    };
+    if gst_version() < (1, 24) {
+        assert!(sym.is_null(), "1.22 has no DMA_DRM mapping");
+        return;
+    }
+    assert!(!sym.is_null(), "GStreamer >= 1.24 without its DRM mapping");
+    // SAFETY: `guint32 gst_video_dma_drm_fourcc_from_format (GstVideoFormat format)`.
+    let gst_fourcc: extern "C" fn(i32) -> u32 = unsafe { std::mem::transmute(sym) };
+    let mut differ = Vec::new();
+    let mut mapped = 0;
+    for format in gstvmem::formats::formats() {
+        let theirs = gst_fourcc(format.into_glib());
+        let ours = gstvmem::formats::drm_fourcc(format).unwrap_or(0);
+        mapped += usize::from(theirs != 0);
+        // DRM_FORMAT_BIG_ENDIAN fourccs (GRAY16_BE) are not four characters: no DMA_DRM form
+        // here; such frames leave as legacy memory:DMABuf.
+        let big_endian = theirs & (1 << 31) != 0;
+        if theirs != ours && !(big_endian && ours == 0) {
+            differ.push(format!(
+                "{format:?}: ours {ours:#010x}, GStreamer's {theirs:#010x}"
+            ));
+        }
+    }
+    assert!(mapped >= 30, "GStreamer maps only {mapped} formats?");
+    assert!(differ.is_empty(), "{differ:#?}");
+}
