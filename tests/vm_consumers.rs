@@ -27,13 +27,13 @@ fn source(format: &str) -> String {
     )
 }
 
-/// The caps kind vmemexport negotiates with GL and Wayland sinks: DMA_DRM from 1.26 on (both
-/// advertise it), plain caps carrying dma-buf memory before.
+/// The caps kind vmemexport negotiates with glupload and waylandsink: DMA_DRM from 1.26 on
+/// (both advertise it); 1.22's glupload takes `video/x-raw(memory:DMABuf), format=<FORMAT>`.
 fn expected_caps_kind() -> CapsKind {
     if gst_version() >= (1, 26) {
         CapsKind::DmaDrm
     } else {
-        CapsKind::Plain
+        CapsKind::DmaBufLegacy
     }
 }
 
