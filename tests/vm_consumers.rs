@@ -10,6 +10,7 @@ mod common;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,11 +51,8 @@ fn assert_no_copies(v: &gst::Element, frames: usize) {
 
 /// Records, on the sink pad of `name`, the caps of the buffers that reached it (read after the
 /// pipeline is set to NULL, which clears the pad's current caps).
-fn record_caps(
-    pipeline: &gst::Pipeline,
-    name: &str,
-) -> std::sync::Arc<std::sync::Mutex<Option<gst::Caps>>> {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+fn record_caps(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Option<gst::Caps>>> {
+    let seen = Arc::new(Mutex::new(None));
     let store = seen.clone();
     element(pipeline, name)
         .static_pad("sink")
@@ -71,7 +69,7 @@ fn record_caps(
 //
 // No environment is needed in the guest: with no X11 or Wayland display GstGL falls back to a
 // GBM display on the first render node (vgem), Mesa has no vgem driver and loads its software
-// rasterizer (llvmpipe), which imports dma-bufs (EGL_EXT_image_dma_buf_import) by mapping them.
+// rasterizer (llvmpipe), which takes dma-bufs through EGL_EXT_image_dma_buf_import.
 // ---------------------------------------------------------------------------------------------
 
 /// The uploaders glupload used, from its own log (`uploader NAME returned N`; the same wording
@@ -101,7 +99,7 @@ fn gl_roundtrip(format: &str) {
     let caps = record_caps(&pipeline, "up");
     // Checksummed as they arrive: holding the buffers would keep upstream's pool from
     // recycling them.
-    let read_back = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let read_back = Arc::new(Mutex::new(Vec::new()));
     let store = read_back.clone();
     element(&pipeline, "out")
         .downcast::<gst_app::AppSink>()
