@@ -88,24 +88,7 @@ fn element_cost(caps: &str, frames: u32, element: &str) -> (f64, u64) {
         "videotestsrc num-buffers={frames} pattern=black ! {caps} ! {element} name=v ! fakesink"
     ));
     let v = pipeline.by_name("v").unwrap();
-    let start = Arc::new(Mutex::new(None::<Instant>));
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let s1 = start.clone();
-    v.static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            *s1.lock().unwrap() = Some(Instant::now());
-            gst::PadProbeReturn::Ok
-        });
-    let (s2, out) = (start.clone(), samples.clone());
-    v.static_pad("src")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            if let Some(t) = s2.lock().unwrap().take() {
-                out.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            gst::PadProbeReturn::Ok
-        });
+    let samples = driver::time_inside(&v);
     run(&pipeline);
     let copies = if element.starts_with("vmemexport") {
         v.property::<gst::Structure>("stats")

@@ -26,7 +26,7 @@ use gst::prelude::*;
 use gst_video::prelude::*;
 
 mod driver;
-use driver::launch;
+use driver::{appsrc, launch};
 
 const CAPS: &str = "video/x-raw,format=BGRx,width=64,height=48,framerate=30/1";
 /// Growth of the resident set tolerated between warm-up and the end of a run.
@@ -331,17 +331,6 @@ fn frame_sum(buffer: &gst::BufferRef, info: &gst_video::VideoInfo) -> u64 {
         }
     }
     sum
-}
-
-/// The pipeline's appsrc named "src", producing `info` frames.
-fn appsrc(pipeline: &gst::Pipeline, info: &gst_video::VideoInfo) -> gst_app::AppSrc {
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    src.set_caps(Some(&info.to_caps().unwrap()));
-    src
 }
 
 /// Pushes five 64x48 BGRx frames built by `make` through `vmemexport ! appsink`: copies made,

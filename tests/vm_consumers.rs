@@ -97,27 +97,14 @@ fn gl_roundtrip(format: &str) {
         source(format)
     ));
     let caps = record_caps(&pipeline, "up");
-    // Checksummed as they arrive: holding the buffers would keep upstream's pool from
-    // recycling them.
-    let read_back = Arc::new(Mutex::new(Vec::new()));
-    let store = read_back.clone();
-    element(&pipeline, "out")
-        .downcast::<gst_app::AppSink>()
-        .unwrap()
-        .set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |s| {
-                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let (info, _) = gstvmem::formats::video_info_from_caps(sample.caps().unwrap())
-                        .ok_or(gst::FlowError::NotNegotiated)?;
-                    let sum = checksum(&normalized_frame(sample.buffer().unwrap(), &info));
-                    store.lock().unwrap().push(sum);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+    let read_back = checksums_on_arrival(&pipeline, "out", |_| Ok(()));
     run(&pipeline);
-    let read_back = read_back.lock().unwrap().clone();
+    let read_back: Vec<u64> = read_back
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.clone().unwrap())
+        .collect();
     assert_eq!(read_back.len(), FRAMES);
     let same = read_back
         .iter()

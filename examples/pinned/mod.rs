@@ -9,7 +9,6 @@
 //!   time (a pin per frame), the same few frames again and again (a decoder's pool: one pin
 //!   per buffer, then cache hits), and `pin-system-memory=false` (a copy per frame).
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use gst::prelude::*;
@@ -106,31 +105,9 @@ fn element_cost(w: u32, h: u32, frames: usize, ring: Option<usize>, props: &str)
         "appsrc name=src format=time block=true max-buffers=2 ! vmemexport name=v {props} ! \
          fakesink"
     ));
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    src.set_caps(Some(&info.to_caps().unwrap()));
+    let src = super::driver::appsrc(&pipeline, &info);
     let v = pipeline.by_name("v").unwrap();
-    let start = Arc::new(Mutex::new(None::<Instant>));
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let s1 = start.clone();
-    v.static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            *s1.lock().unwrap() = Some(Instant::now());
-            gst::PadProbeReturn::Ok
-        });
-    let (s2, out) = (start, samples.clone());
-    v.static_pad("src")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            if let Some(t) = s2.lock().unwrap().take() {
-                out.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            gst::PadProbeReturn::Ok
-        });
+    let samples = super::driver::time_inside(&v);
     let size = info.size();
     let pusher = std::thread::spawn(move || {
         let make = || {

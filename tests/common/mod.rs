@@ -248,6 +248,35 @@ pub fn collect(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Vec<(gst::Caps
     frames
 }
 
+/// The checksum of each frame's pixels the appsink named `name` receives, taken as the frame
+/// arrives: holding the buffers would keep upstream's pool from reusing them. `check` may
+/// refuse a buffer; its reason is recorded in the frame's place.
+pub fn checksums_on_arrival(
+    pipeline: &gst::Pipeline,
+    name: &str,
+    check: impl Fn(&gst::BufferRef) -> Result<(), String> + Send + Sync + 'static,
+) -> Arc<Mutex<Vec<Result<u64, String>>>> {
+    let sums = Arc::new(Mutex::new(Vec::new()));
+    let store = sums.clone();
+    element(pipeline, name)
+        .downcast::<gst_app::AppSink>()
+        .unwrap()
+        .set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let buffer = sample.buffer().ok_or(gst::FlowError::Error)?;
+                    let (info, _) = gstvmem::formats::video_info_from_caps(sample.caps().unwrap())
+                        .ok_or(gst::FlowError::NotNegotiated)?;
+                    let sum = check(buffer).map(|()| checksum(&normalized_frame(buffer, &info)));
+                    store.lock().unwrap().push(sum);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    sums
+}
+
 /// Plays `desc` (ending in `appsink name=out`) to EOS; what the appsink received.
 pub fn run_collecting(desc: &str) -> Vec<(gst::Caps, gst::Buffer)> {
     let pipeline = launch(desc);
