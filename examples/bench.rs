@@ -6,7 +6,7 @@
 //!     bench --plot-only RESULTS_DIR/bench.json   (redraws bench.png and bench-e2e.png)
 //!
 //! 1. vmemexport alone: per-frame time between its sink and src pads, zero-copy path vs its
-//!    copy fallback (`propose-pool=false`), at 640x480 .. 3840x2160, NV12 and BGRx.
+//!    copy fallback (`propose-pool=false pin-system-memory=false`), at 640x480 .. 3840x2160, NV12 and BGRx.
 //! 2. End to end at 1280x720 (the size vicodec encodes): CPU time per frame of the whole
 //!    process, ours vs upstream, raw and with the producer's own cost (videotestsrc ! fakesink
 //!    at the same caps) subtracted; peak RSS; most dma-buf fds open at once.
@@ -236,7 +236,7 @@ fn main() {
                 assert_eq!(copies, 0, "zero-copy path copied");
                 zc.push(t);
                 zn.push(element_cost(&caps, frames, "vmemexport sync=false").0);
-                let (t, copies) = element_cost(&caps, frames, "vmemexport propose-pool=false");
+                let (t, copies) = element_cost(&caps, frames, "vmemexport propose-pool=false pin-system-memory=false");
                 assert!(copies > 0, "copy path did not copy");
                 cp.push(t);
                 id.push(element_cost(&caps, frames, "identity").0);
