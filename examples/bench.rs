@@ -236,7 +236,11 @@ fn main() {
                 assert_eq!(copies, 0, "zero-copy path copied");
                 zc.push(t);
                 zn.push(element_cost(&caps, frames, "vmemexport sync=false").0);
-                let (t, copies) = element_cost(&caps, frames, "vmemexport propose-pool=false pin-system-memory=false");
+                let (t, copies) = element_cost(
+                    &caps,
+                    frames,
+                    "vmemexport propose-pool=false pin-system-memory=false",
+                );
                 assert!(copies > 0, "copy path did not copy");
                 cp.push(t);
                 id.push(element_cost(&caps, frames, "identity").0);
