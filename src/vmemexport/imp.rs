@@ -78,6 +78,13 @@ struct State {
     /// The consumer downstream that needs frames at offset 0 of their dma-buf, if any.
     zero_offset_for: Option<String>,
     warned: HashSet<CopyReason>,
+    /// The pool last proposed upstream and the caps it was proposed for. A decoder asks again
+    /// on every renegotiation (avdec_h264 at sizes it pads: every frame); a new pool each time
+    /// would give every frame new memory, hence a new export that importers cannot cache.
+    proposed: Option<(gst::Caps, gst::BufferPool, gst::Allocator)>,
+    /// Every memfd allocator made for this run: each keeps released memories for reuse until
+    /// flushed at stop.
+    allocators: Vec<MemfdAllocator>,
 }
 
 /// Messages for the bus, posted once no lock is held: an application's sync bus handler runs
@@ -194,6 +201,8 @@ impl VmemExport {
             copy_pool: None,
             zero_offset_for: None,
             warned: HashSet::new(),
+            proposed: None,
+            allocators: Vec::new(),
         })
     }
 
@@ -215,11 +224,18 @@ impl VmemExport {
     }
 
     /// The allocator whose memory leaves without a copy for this backing.
-    fn zero_copy_allocator(&self, state: &State) -> Option<gst::Allocator> {
+    fn zero_copy_allocator(&self, state: &mut State) -> Option<gst::Allocator> {
         match state.backing {
             Backing::Heap => state.heap_allocator.clone().map(|a| a.upcast()),
-            _ => Some(MemfdAllocator::new(self.obj().upcast_ref()).upcast()),
+            _ => Some(self.memfd_allocator(state).upcast()),
         }
+    }
+
+    /// A new memfd allocator, flushed at stop.
+    fn memfd_allocator(&self, state: &mut State) -> MemfdAllocator {
+        let allocator = MemfdAllocator::new(self.obj().upcast_ref());
+        state.allocators.push(allocator.clone());
+        allocator
     }
 
     /// The heap that copies of frames over udmabuf's size limit go to: the configured one, or
@@ -260,7 +276,7 @@ impl VmemExport {
             .size_limit()
             .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
         let allocator: gst::Allocator = if fits {
-            MemfdAllocator::new(self.obj().upcast_ref()).upcast()
+            self.memfd_allocator(state).upcast()
         } else if let Some(heap) = self.oversize_heap(state, info.size()) {
             heap
         } else {
@@ -707,8 +723,14 @@ impl BaseTransformImpl for VmemExport {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(pool) = self.state.lock().unwrap().take().and_then(|s| s.copy_pool) {
-            let _ = pool.set_active(false);
+        let state = self.state.lock().unwrap().take();
+        if let Some(state) = state {
+            if let Some(pool) = state.copy_pool {
+                let _ = pool.set_active(false);
+            }
+            for allocator in state.allocators {
+                allocator.flush();
+            }
         }
         gst::debug!(
             CAT,
@@ -818,11 +840,22 @@ impl BaseTransformImpl for VmemExport {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
             return Ok(());
         }
-        let state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
         let state = state
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
-        let Some(allocator) = self.zero_copy_allocator(state) else {
+        // The allocator of the pool proposed for these caps, so that the configuration a
+        // decoder sets again on that pool is the one it set before.
+        let reused = state
+            .proposed
+            .as_ref()
+            .filter(|(proposed, _, _)| *proposed == caps)
+            .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
+        let Some(allocator) = reused
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .or_else(|| self.zero_copy_allocator(state))
+        else {
             return Ok(());
         };
         if let Some(heap) = state
@@ -842,9 +875,19 @@ impl BaseTransformImpl for VmemExport {
             return Err(gst::loggable_error!(CAT, "heap cannot supply frames: {e}"));
         }
         if need_pool {
-            let pool = self
-                .make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS)
-                .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
+            let pool = match reused {
+                // The same pool for the same caps: its buffers, and their cached exports, are
+                // recycled. A decoder that configured it (alignment, buffer counts) finds its
+                // own configuration again, which GstBufferPool accepts even while active.
+                Some((pool, _)) => pool,
+                None => {
+                    let pool = self
+                        .make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS)
+                        .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
+                    state.proposed = Some((caps.clone(), pool.clone(), allocator.clone()));
+                    pool
+                }
+            };
             query.add_allocation_pool(Some(&pool), info.size() as u32, MIN_POOL_BUFFERS, 0);
         }
         query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());

@@ -26,12 +26,34 @@ impl MemfdAllocator {
         use gst::prelude::*;
         mem.allocator().is_some_and(|a| a.is::<MemfdAllocator>())
     }
+
+    /// Frees the memories kept for reuse and stops keeping more: the element that made this
+    /// allocator is done with it (the kept memories hold a reference to the allocator, so
+    /// nothing else would ever free them).
+    pub fn flush(&self) {
+        use gst::subclass::prelude::ObjectSubclassIsExt;
+        let imp = self.imp();
+        imp.recycling.store(false, Ordering::SeqCst);
+        let kept = std::mem::take(&mut *imp.free.lock().unwrap());
+        drop(kept);
+    }
 }
 
+/// Memories a MemfdAllocator keeps for reuse once released, at most: as many as a decoder's
+/// pool holds. A released memory keeps its memfd and its cached dma-buf export, so the next
+/// allocation of that size is the same pages under the same export, which importers (kmssink,
+/// dmabufsink's clients) have cached.
+const MAX_KEPT: usize = 16;
+
+use std::sync::atomic::Ordering;
+
 mod imp {
-    use std::sync::LazyLock;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{LazyLock, Mutex};
 
     use gst::glib;
+    use gst::glib::translate::*;
+    use gst::prelude::*;
     use gst::subclass::prelude::*;
     use gst_allocators::subclass::prelude::*;
     use rustix::fs::SealFlags;
@@ -46,9 +68,55 @@ mod imp {
         )
     });
 
-    #[derive(Default)]
     pub struct MemfdAllocator {
         pub(super) owner: memory::AllocOwner,
+        /// Released memories kept for reuse, with their exports.
+        pub(super) free: Mutex<Vec<gst::Memory>>,
+        pub(super) recycling: AtomicBool,
+    }
+
+    impl Default for MemfdAllocator {
+        fn default() -> Self {
+            MemfdAllocator {
+                owner: Default::default(),
+                free: Mutex::new(Vec::new()),
+                recycling: AtomicBool::new(true),
+            }
+        }
+    }
+
+    /// The memory's last reference is gone: keep it for reuse (return FALSE: GStreamer then
+    /// does not free it) if its allocator still recycles and has room. Called from C on
+    /// whichever thread drops the memory; takes one short lock and never panics across.
+    unsafe extern "C" fn recycle(obj: *mut gst::ffi::GstMiniObject) -> glib::ffi::gboolean {
+        let kept = std::panic::catch_unwind(|| {
+            // SAFETY: `obj` is a GstMemory of a MemfdAllocator (only `alloc` sets this
+            // dispose function), alive for the duration of this call.
+            let mem = obj as *mut gst::ffi::GstMemory;
+            let allocator = unsafe { (*mem).allocator };
+            if allocator.is_null() || unsafe { !(*mem).parent.is_null() } {
+                return false;
+            }
+            // SAFETY: the memory holds a reference to its allocator.
+            let allocator: Borrowed<gst::Allocator> = unsafe { from_glib_borrow(allocator) };
+            let Some(allocator) = allocator.downcast_ref::<super::MemfdAllocator>() else {
+                return false;
+            };
+            let imp = allocator.imp();
+            if !imp.recycling.load(Ordering::SeqCst) {
+                return false;
+            }
+            let mut free = imp.free.lock().unwrap();
+            if free.len() >= MAX_KEPT {
+                return false;
+            }
+            // SAFETY: resurrect the memory with a new reference the list owns; GStreamer
+            // does not free a memory whose dispose returns FALSE.
+            free.push(unsafe { from_glib_full(gst::ffi::gst_memory_ref(mem)) });
+            true
+        });
+        // A panic or a full list: let GStreamer free it.
+        (!kept.unwrap_or(false)).into_glib()
     }
 
     #[glib::object_subclass]
@@ -58,7 +126,21 @@ mod imp {
         type ParentType = gst_allocators::FdAllocator;
     }
 
-    impl ObjectImpl for MemfdAllocator {}
+    impl ObjectImpl for MemfdAllocator {
+        fn constructed(&self) {
+            self.parent_constructed();
+            // GstFdAllocator is marked as allocating only through its own API. This one
+            // allocates through gst_allocator_alloc like any allocator, and saying so matters:
+            // a deep copy of one of its memories (GstVideoDecoder makes one when the decoder
+            // still holds the frame mapped for writing, as avdec_* and vpxdec do with
+            // reference frames) then lands in another memfd, exportable as it is, instead of
+            // in system memory that vmemexport would have to copy once more.
+            self.obj()
+                .unset_object_flags(gst::ObjectFlags::from_bits_retain(
+                    gst::ffi::GST_ALLOCATOR_FLAG_CUSTOM_ALLOC,
+                ));
+        }
+    }
     impl GstObjectImpl for MemfdAllocator {}
     impl FdAllocatorImpl for MemfdAllocator {}
 
@@ -70,8 +152,11 @@ mod imp {
             size: usize,
             params: &gst::AllocationParams,
         ) -> *mut gst::ffi::GstMemory {
+            if let Some(mem) = self.reuse(size, params) {
+                return mem.into_glib_ptr();
+            }
             let flags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
-            memory::alloc_fd_memory(
+            let mem = memory::alloc_fd_memory(
                 &*self.obj(),
                 *CAT,
                 &self.owner,
@@ -84,7 +169,27 @@ mod imp {
                     memfd.add_seals(SealFlags::GROW)?;
                     Ok(memfd.into_fd())
                 },
-            )
+            );
+            if !mem.is_null() {
+                // SAFETY: a fresh memory no one else sees yet.
+                unsafe { (*mem).mini_object.dispose = Some(recycle) };
+            }
+            mem
+        }
+    }
+
+    impl MemfdAllocator {
+        /// A kept memory whose memfd fits `size` bytes with `params`, resized to them.
+        fn reuse(&self, size: usize, params: &gst::AllocationParams) -> Option<gst::Memory> {
+            let maxsize = memory::backing_size(size, params)?;
+            let mut mem = {
+                let mut free = self.free.lock().unwrap();
+                let i = free.iter().position(|m| m.maxsize() == maxsize)?;
+                free.swap_remove(i)
+            };
+            mem.get_mut()?
+                .resize(params.prefix()..params.prefix() + size);
+            Some(mem)
         }
     }
 }

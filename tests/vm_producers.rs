@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Software decoders into vmemexport without the vmemexp module: each decodes into the pool
+//! vmemexport proposes (or GStreamer's copy of a frame lands in that pool's memory), so frames
+//! leave with no copy by vmemexport, each pool memory exported once, the pixels the decoder's.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use gstvmem::kernel;
+
+/// Exports a decoder may cause for a whole stream: its pool plus the memories GstVideoDecoder
+/// copies reference frames into, as many as the pipeline holds at once (the queues below are
+/// kept short for that), never one per frame.
+const MAX_EXPORTS: u64 = 16;
+
+/// `encoder` runs once into a file; `decoder` decodes it with and without vmemexport. Returns
+/// vmemexport's stats after checking the pixels (through each frame's dma-buf) and that
+/// dmabufsink on vkms imported every export once.
+fn decode(encoder: &str, decoder: &str, caps: &str, frames: usize) -> gst::Structure {
+    let file = std::env::temp_dir().join(format!(
+        "vm_producers-{}.bin",
+        decoder.split_whitespace().last().unwrap()
+    ));
+    let file = file.display();
+    run(&launch(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {caps},framerate=30/1 ! {encoder} ! \
+         filesink location={file}"
+    )));
+    let src = format!("filesrc location={file} ! {decoder}");
+    let reference = frame_checksums(&format!("{src} ! appsink name=out sync=false"));
+    assert_eq!(reference.len(), frames, "{decoder}: reference frames");
+    let pipeline = launch(&format!(
+        "{src} ! vmemexport name=v ! tee name=t ! queue max-size-buffers=2 ! dmabufsink name=s \
+         drm-device=driver:vkms t. ! queue max-size-buffers=2 ! appsink name=out sync=false"
+    ));
+    let sums = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Result<u64, String>>::new()));
+    let store = sums.clone();
+    element(&pipeline, "out")
+        .downcast::<gst_app::AppSink>()
+        .unwrap()
+        .set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let b = sample.buffer().unwrap();
+                    let exporter = gstvmem::memory::dmabuf_fd(b.peek_memory(0))
+                        .and_then(kernel::dmabuf_exporter);
+                    let (info, _) =
+                        gstvmem::formats::video_info_from_caps(sample.caps().unwrap()).unwrap();
+                    store.lock().unwrap().push(match exporter.as_deref() {
+                        Some("udmabuf") => Ok(checksum(&normalized_frame(b, &info))),
+                        other => Err(format!("a frame exported by {other:?}")),
+                    });
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+    run(&pipeline);
+    let v = element(&pipeline, "v");
+    let stats = v.property::<gst::Structure>("stats");
+    eprintln!("{decoder} ({caps}): {stats}");
+    assert_eq!(stat(&v, "frames"), frames as u64, "{decoder}: {stats}");
+    let sums: Result<Vec<u64>, String> = sums.lock().unwrap().iter().cloned().collect();
+    assert_eq!(sums.unwrap(), reference, "{decoder}: the decoder's pixels");
+    let s = element(&pipeline, "s");
+    assert_eq!(stat(&s, "frames"), frames as u64);
+    assert_eq!(
+        stat(&s, "imported"),
+        stat(&v, "exported"),
+        "{decoder}: PRIME import once per dma-buf"
+    );
+    stats
+}
+
+fn assert_zero_copy(stats: &gst::Structure, what: &str) {
+    let get = |f: &str| stats.get::<u64>(f).unwrap();
+    assert_eq!(get("copies"), 0, "{what}: {stats}");
+    assert_eq!(get("pinned-exports"), 0, "{what}: no vmemexp here: {stats}");
+    assert!(
+        (1..=MAX_EXPORTS).contains(&get("exported")),
+        "{what}: exports bounded by the pool, not the frame count: {stats}"
+    );
+}
+
+const I420_640: &str = "video/x-raw,format=I420,width=640,height=480";
+const H264: &str =
+    "x264enc speed-preset=ultrafast ! h264parse ! video/x-h264,stream-format=byte-stream";
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn libav_decoders_leave_without_copies() {
+    init();
+    let frames = 20;
+    for (encoder, decoder, caps) in [
+        (H264, "h264parse ! avdec_h264", I420_640),
+        // 854 is padded to 864 by libav: avdec_h264 renegotiates on every frame.
+        (
+            H264,
+            "h264parse ! avdec_h264",
+            "video/x-raw,format=I420,width=854,height=480",
+        ),
+        (
+            "x265enc speed-preset=ultrafast ! h265parse ! video/x-h265,stream-format=byte-stream",
+            "h265parse ! avdec_h265",
+            I420_640,
+        ),
+        (
+            "vp9enc deadline=1 ! matroskamux",
+            "matroskademux ! avdec_vp9",
+            I420_640,
+        ),
+    ] {
+        let stats = decode(encoder, decoder, caps, frames);
+        assert_zero_copy(&stats, &format!("{decoder} {caps}"));
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn high_444_and_10_bit_h264_play_without_copies() {
+    // x264 makes High 4:4:4 from Y444 and High 10 from I420_10LE; avdec_h264 outputs them as
+    // Y444 and I420_10LE, which vmemexport exports like any other format.
+    init();
+    for caps in [
+        "video/x-raw,format=Y444,width=320,height=240",
+        "video/x-raw,format=I420_10LE,width=320,height=240",
+    ] {
+        let stats = decode(H264, "h264parse ! avdec_h264", caps, 10);
+        assert_zero_copy(&stats, caps);
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn vp9dec_frames_are_copied_with_the_reason() {
+    // vpxdec allocates its frames from a pool of its own, made at the first frame before it
+    // negotiates (so with the default allocator, not vmemexport's): without vmemexp each frame
+    // is a counted copy, the reason foreign memory.
+    init();
+    let frames = 20;
+    let stats = decode(
+        "vp9enc deadline=1 ! matroskamux",
+        "matroskademux ! vp9dec",
+        I420_640,
+        frames,
+    );
+    let reasons = stats.get::<gst::Structure>("copy-reasons").unwrap();
+    assert_eq!(
+        stats.get::<u64>("copies").unwrap(),
+        frames as u64,
+        "{stats}"
+    );
+    assert_eq!(
+        reasons.get::<u64>("foreign-memory").unwrap(),
+        frames as u64,
+        "{stats}"
+    );
+}
