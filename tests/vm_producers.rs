@@ -34,28 +34,14 @@ fn decode(encoder: &str, decoder: &str, caps: &str, frames: usize) -> gst::Struc
         "{src} ! vmemexport name=v ! tee name=t ! queue max-size-buffers=2 ! dmabufsink name=s \
          drm-device=driver:vkms t. ! queue max-size-buffers=2 ! appsink name=out sync=false"
     ));
-    let sums = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Result<u64, String>>::new()));
-    let store = sums.clone();
-    element(&pipeline, "out")
-        .downcast::<gst_app::AppSink>()
-        .unwrap()
-        .set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |s| {
-                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let b = sample.buffer().unwrap();
-                    let exporter = gstvmem::memory::dmabuf_fd(b.peek_memory(0))
-                        .and_then(kernel::dmabuf_exporter);
-                    let (info, _) =
-                        gstvmem::formats::video_info_from_caps(sample.caps().unwrap()).unwrap();
-                    store.lock().unwrap().push(match exporter.as_deref() {
-                        Some("udmabuf") => Ok(checksum(&normalized_frame(b, &info))),
-                        other => Err(format!("a frame exported by {other:?}")),
-                    });
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+    let sums = checksums_on_arrival(&pipeline, "out", |b| {
+        let exporter =
+            gstvmem::memory::dmabuf_fd(b.peek_memory(0)).and_then(kernel::dmabuf_exporter);
+        match exporter.as_deref() {
+            Some("udmabuf") => Ok(()),
+            other => Err(format!("a frame exported by {other:?}")),
+        }
+    });
     run(&pipeline);
     let v = element(&pipeline, "v");
     let stats = v.property::<gst::Structure>("stats");
