@@ -387,14 +387,7 @@ fn decode_without_copies(
          dmabufsink name=s drm-device=driver:vkms t. ! queue max-size-buffers=2 ! \
          appsink name=out sync=false"
     ));
-    let sums = checksums_on_arrival(&pipeline, "out", |b| {
-        let exporter =
-            gstvmem::memory::dmabuf_fd(b.peek_memory(0)).and_then(kernel::dmabuf_exporter);
-        match exporter.as_deref() {
-            Some("vmemexp" | "udmabuf") => Ok(()),
-            other => Err(format!("a frame exported by {other:?}")),
-        }
-    });
+    let sums = checksums_on_arrival(&pipeline, "out", exported_by(&["vmemexp", "udmabuf"]));
     run(&pipeline);
     let v = element(&pipeline, "v");
     let stats = v.property::<gst::Structure>("stats");

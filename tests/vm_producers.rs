@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
-use gstvmem::kernel;
 
 /// Exports a decoder may cause for a whole stream: its pool plus the memories GstVideoDecoder
 /// copies reference frames into, as many as the pipeline holds at once (the queues below are
@@ -34,14 +33,7 @@ fn decode(encoder: &str, decoder: &str, caps: &str, frames: usize) -> gst::Struc
         "{src} ! vmemexport name=v ! tee name=t ! queue max-size-buffers=2 ! dmabufsink name=s \
          drm-device=driver:vkms t. ! queue max-size-buffers=2 ! appsink name=out sync=false"
     ));
-    let sums = checksums_on_arrival(&pipeline, "out", |b| {
-        let exporter =
-            gstvmem::memory::dmabuf_fd(b.peek_memory(0)).and_then(kernel::dmabuf_exporter);
-        match exporter.as_deref() {
-            Some("udmabuf") => Ok(()),
-            other => Err(format!("a frame exported by {other:?}")),
-        }
-    });
+    let sums = checksums_on_arrival(&pipeline, "out", exported_by(&["udmabuf"]));
     run(&pipeline);
     let v = element(&pipeline, "v");
     let stats = v.property::<gst::Structure>("stats");

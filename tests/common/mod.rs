@@ -277,6 +277,21 @@ pub fn checksums_on_arrival(
     sums
 }
 
+/// A check for [`checksums_on_arrival`]: the buffer's first memory is a dma-buf exported by
+/// one of `exporters` (fdinfo's exp_name: "udmabuf", "vmemexp", ...).
+pub fn exported_by(
+    exporters: &'static [&'static str],
+) -> impl Fn(&gst::BufferRef) -> Result<(), String> + Send + Sync + 'static {
+    move |b| {
+        let exporter =
+            gstvmem::memory::dmabuf_fd(b.peek_memory(0)).and_then(gstvmem::kernel::dmabuf_exporter);
+        match exporter.as_deref() {
+            Some(e) if exporters.contains(&e) => Ok(()),
+            other => Err(format!("a frame exported by {other:?}")),
+        }
+    }
+}
+
 /// Plays `desc` (ending in `appsink name=out`) to EOS; what the appsink received.
 pub fn run_collecting(desc: &str) -> Vec<(gst::Caps, gst::Buffer)> {
     let pipeline = launch(desc);
