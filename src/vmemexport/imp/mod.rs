@@ -20,6 +20,7 @@ mod output;
 
 use self::backing::State;
 use super::Backing;
+use super::caps;
 use super::downstream;
 use super::stats::Stats;
 use crate::formats::{self, CapsKind};
@@ -296,8 +297,8 @@ impl BaseTransformImpl for VmemExport {
         filter: Option<&gst::Caps>,
     ) -> Option<gst::Caps> {
         let other = match direction {
-            gst::PadDirection::Sink => formats::sysmem_to_dmabuf(caps),
-            _ => formats::dmabuf_to_sysmem(caps),
+            gst::PadDirection::Sink => caps::sysmem_to_dmabuf(caps),
+            _ => caps::dmabuf_to_sysmem(caps),
         };
         gst::trace!(CAT, imp = self, "{direction:?} {caps} -> {other}");
         Some(match filter {

@@ -78,7 +78,7 @@ impl VmemExport {
                 )
                 .map_err(|e| Refusal::Metadata(e.to_string()))?;
             gst::ParentBufferMeta::add(outm, source);
-            crate::memory::guard_release(
+            crate::vmemexport::release::guard_release(
                 outm,
                 crate::memory::memory_ref(outm.peek_memory(0)),
                 source.clone(),
