@@ -10,7 +10,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::{CAT, Settings, VmemExport};
-use crate::heapalloc::DmaHeapAllocator;
+use crate::heapalloc::{DmaHeapAllocator, HeapSelection};
 use crate::kernel::{self, Udmabuf, Vmemexp};
 use crate::vmemexport::Backing;
 use crate::vmemexport::export::{CopyReason, Exporter};
@@ -157,7 +157,7 @@ impl VmemExport {
     pub(super) fn oversize_heap(&self, state: &State, size: usize) -> Option<gst::Allocator> {
         let heap = state.heap_allocator.as_ref()?;
         if heap.check_capacity_for(size, 2).is_err()
-            && kernel::HeapSelection::parse(&self.settings().heap) == kernel::HeapSelection::Auto
+            && HeapSelection::parse(&self.settings().heap) == HeapSelection::Auto
             && let Ok(system) = DmaHeapAllocator::new("system")
         {
             gst::info!(
