@@ -16,6 +16,7 @@ use super::layout::{self, LayoutError, Plane};
 use super::protocol;
 use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
+use crate::frame::FrameLayout;
 use crate::kernel::{self, DrmNode, DrmUse, GemHandle};
 use crate::memory::dmabuf_fd;
 
@@ -319,12 +320,9 @@ fn frame_layout(
     buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
 ) -> Result<Vec<Plane>, LayoutError> {
-    let (offsets, strides): (Vec<usize>, Vec<i32>) = match buffer.meta::<gst_video::VideoMeta>() {
-        Some(m) => (m.offset().to_vec(), m.stride().to_vec()),
-        None => (info.offset().to_vec(), info.stride().to_vec()),
-    };
+    let frame = FrameLayout::of(buffer, Some(info)).expect("caps are known");
     let sizes: Vec<usize> = buffer.iter_memories().map(|m| m.size()).collect();
-    layout::plane_layout(info, &offsets, &strides, &sizes)
+    layout::plane_layout(info, &frame.offsets, &frame.strides, &sizes)
 }
 
 #[glib::object_subclass]
