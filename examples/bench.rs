@@ -2,8 +2,8 @@
 //! Benchmarks vmemexport against upstream's copy paths, inside the VM testbed (`make bench`).
 //! Figures, not pass/fail: results go to RESULTS_DIR as bench.json, bench.csv and bench.md.
 //!
-//!     bench RESULTS_DIR [--quick]
-//!     bench --plot-only RESULTS_DIR/bench.json   (redraws bench.png and bench-e2e.png)
+//!     bench RESULTS_DIR [--quick] [--note TEXT]   (TEXT: the conditions of the run, into bench.md)
+//!     bench --plot-only RESULTS_DIR/bench.json   (redraws bench.png, bench-e2e.png, bench-decoder.png)
 //!
 //! 1. vmemexport alone: per-frame time between its sink and src pads, zero-copy path vs its
 //!    copy fallback (`propose-pool=false pin-system-memory=false`), at 640x480 .. 3840x2160, NV12 and BGRx.
@@ -14,6 +14,10 @@
 //! 4. Frames from other memory (malloc, a decoder's pool): the vmemexp module's pinned export
 //!    against the copy fallback, 640x480 .. 3840x2160 (needs /dev/vmemexp: tests/vm/bench
 //!    loads the module).
+//! 5. A software decoder (avdec_h264, 1280x720 H.264 made by x264enc) into a display (kmssink)
+//!    and into an encoder (v4l2fwhtenc), with vmemexport and on upstream's copy path: CPU time,
+//!    bytes copied and memory held per arm, each arm in a child process of its own
+//!    (examples/decoder).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
+mod decoder;
 mod driver;
 mod pinned;
 mod plot;
@@ -184,6 +189,10 @@ fn syscalls_per_frame(desc: &str, frames: u32) -> Option<f64> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--decoder-arm") {
+        decoder::child_main(&args[1..]);
+        return;
+    }
     if args.first().is_some_and(|a| a == "--plot-only") {
         let json = args
             .get(1)
@@ -195,6 +204,10 @@ fn main() {
     }
     let dir = std::path::PathBuf::from(args.first().expect("usage: bench RESULTS_DIR [--quick]"));
     let quick = args.iter().any(|a| a == "--quick");
+    let note = args
+        .iter()
+        .position(|a| a == "--note")
+        .and_then(|i| args.get(i + 1));
     std::fs::create_dir_all(&dir).unwrap();
     gst::init().unwrap();
     gstvmem::plugin_register_static().unwrap();
@@ -216,6 +229,14 @@ fn main() {
         "Measured {date} in the VM testbed (qemu TCG, 2 vCPUs, kernel {}, {version}); medians of {REPS} runs.\n\n",
         kernel.trim()
     );
+    if let Some(note) = note {
+        let _ = writeln!(md, "{note}\n");
+        let _ = writeln!(
+            json,
+            "  \"note\": {},",
+            serde_json::Value::from(note.as_str())
+        );
+    }
 
     // 1. vmemexport alone.
     let sizes: &[(u32, u32)] = if quick {
@@ -463,13 +484,18 @@ fn main() {
                     r.copies
                 );
             }
-            json.push_str("\n  ]\n}\n");
+            json.push_str("\n  ],\n");
         }
         Err(why) => {
             let _ = writeln!(md, "| not measured: {why} | | | | | | | |");
-            json.push_str("  \"pinned\": null\n}\n");
+            json.push_str("  \"pinned\": null,\n");
         }
     }
+
+    // 5. A software decoder into a display and into an encoder.
+    let (frames, reps) = if quick { (30, 1) } else { (60, REPS) };
+    decoder::section(&mut md, &mut csv, &mut json, frames, reps);
+    json.push_str("}\n");
 
     std::fs::write(dir.join("bench.json"), json).unwrap();
     std::fs::write(dir.join("bench.csv"), csv).unwrap();

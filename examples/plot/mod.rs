@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The benchmark's plots, drawn from bench.json (what examples/bench.rs writes, or an earlier
-//! run's file with `bench --plot-only`): bench.png (vmemexport alone) and bench-e2e.png (end to
-//! end). Text uses the DejaVu Sans font vendored beside this file, so no system font is needed.
+//! run's file with `bench --plot-only`): bench.png (vmemexport alone), bench-e2e.png (end to
+//! end) and, when the run has the decoder section, bench-decoder.png. Text uses the DejaVu Sans font vendored beside this file, so no system font is needed.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -37,11 +37,20 @@ struct EndToEnd {
     producer: f64,
 }
 
+/// One arm of the decoder section; None where the arm failed.
+struct DecoderArm {
+    case: String,
+    variant: String,
+    figures: Option<[f64; 3]>,
+}
+
 struct Results {
     /// "GStreamer 1.26.2, kernel 6.12.117, qemu TCG, 2 vCPUs, 2026-11-25"
     setting: String,
     element: Vec<ElementPoint>,
     end_to_end: Vec<EndToEnd>,
+    /// CPU ms per frame, MiB copied per frame, peak RSS MiB.
+    decoder: Vec<DecoderArm>,
 }
 
 fn parse(json: &str) -> Res<Results> {
@@ -80,7 +89,25 @@ fn parse(json: &str) -> Res<Results> {
             producer: f(c, "producer_cpu_us")?,
         });
     }
+    let mut decoder = Vec::new();
+    for a in v["decoder"]["arms"].as_array().into_iter().flatten() {
+        let figures = if a["error"].is_null() {
+            Some([
+                f(&a["cpu_us_per_frame"], "median")? / 1e3,
+                f(a, "copied_bytes_per_frame")? / 1048576.0,
+                f(a, "peak_rss_kib")? / 1024.0,
+            ])
+        } else {
+            None
+        };
+        decoder.push(DecoderArm {
+            case: s(a, "case")?,
+            variant: s(a, "variant")?,
+            figures,
+        });
+    }
     Ok(Results {
+        decoder,
         setting: format!(
             "{}, kernel {}, {}, {}",
             s(&v, "gstreamer")?,
@@ -106,7 +133,13 @@ pub fn plot_results(json: &Path) -> Res<Vec<PathBuf>> {
     let (element, e2e) = (dir.join("bench.png"), dir.join("bench-e2e.png"));
     write_png(&element, (1200, 620), |root| plot_element(root, &results))?;
     write_png(&e2e, (1400, 620), |root| plot_end_to_end(root, &results))?;
-    Ok(vec![element, e2e])
+    let mut written = vec![element, e2e];
+    if !results.decoder.is_empty() {
+        let decoder = dir.join("bench-decoder.png");
+        write_png(&decoder, (1500, 560), |root| plot_decoder(root, &results))?;
+        written.push(decoder);
+    }
+    Ok(written)
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
@@ -417,6 +450,117 @@ fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
                 .configure_series_labels()
                 .position(SeriesLabelPosition::UpperRight)
                 .label_font((FONT, 14))
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK.mix(0.5))
+                .draw()?;
+        }
+    }
+    Ok(())
+}
+
+fn plot_decoder(root: &Area, r: &Results) -> Res<()> {
+    let root = root.titled(
+        "avdec_h264 1280x720 into a display and an encoder: upstream's copy path vs vmemexport",
+        (FONT, 24),
+    )?;
+    let (note, body) = root.split_vertically(24);
+    note.draw(&Text::new(
+        format!(
+            "{}. Each arm in a process of its own; CPU: median of the runs; copies and memory: GST_PERFORMANCE, VmHWM.",
+            r.setting
+        ),
+        (12, 2),
+        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
+    ))?;
+    let mut groups: Vec<String> = Vec::new();
+    let mut variants: Vec<String> = Vec::new();
+    for a in &r.decoder {
+        if !groups.contains(&a.case) {
+            groups.push(a.case.clone());
+        }
+        if !variants.contains(&a.variant) {
+            variants.push(a.variant.clone());
+        }
+    }
+    let color = |v: &str| match v {
+        "upstream" => RED,
+        "ours" => GREEN,
+        _ => BLUE,
+    };
+    let label = |v: &str| match v {
+        "upstream" => "upstream (copy path)".to_string(),
+        "ours" => "vmemexport".to_string(),
+        "ours-copy" => "vmemexport, copy fallback".to_string(),
+        other => other.to_string(),
+    };
+    let panels = body.split_evenly((1, 3));
+    let metrics = [
+        ("CPU time per frame", "ms"),
+        ("bytes copied per frame", "MiB"),
+        ("peak RSS", "MiB"),
+    ];
+    for (mi, (area, (title, unit))) in panels.iter().zip(metrics).enumerate() {
+        let hi = r
+            .decoder
+            .iter()
+            .filter_map(|a| a.figures.map(|f| f[mi]))
+            .fold(0.0, f64::max);
+        let top = if hi > 0.0 { hi * 1.25 } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, (FONT, 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                (0..groups.len() as i32 * G)
+                    .with_key_points((0..groups.len() as i32).map(|i| i * G + G / 2).collect()),
+                0.0..top,
+            )?;
+        let x_label = |x: &i32| groups.get((x / G) as usize).cloned().unwrap_or_default();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_label_formatter(&x_label)
+            .y_desc(unit)
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 14))
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(225, 225, 225))
+            .draw()?;
+        let value_style = TextStyle::from((FONT, 13).into_font())
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        for (vi, variant) in variants.iter().enumerate() {
+            let c = color(variant);
+            let arms: Vec<(usize, &DecoderArm)> = r
+                .decoder
+                .iter()
+                .filter(|a| &a.variant == variant)
+                .filter_map(|a| Some((groups.iter().position(|g| *g == a.case)?, a)))
+                .collect();
+            let drawn = chart.draw_series(arms.iter().filter_map(|&(gi, a)| {
+                let v = a.figures?[mi];
+                let (x0, x1, _) = bar_x(gi, vi, variants.len());
+                Some(Rectangle::new([(x0, 0.0), (x1, v)], c.filled()))
+            }))?;
+            if mi == 0 {
+                drawn.label(label(variant)).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled())
+                });
+            }
+            chart.draw_series(arms.iter().map(|&(gi, a)| {
+                let x = bar_x(gi, vi, variants.len()).2;
+                match a.figures {
+                    Some(f) => Text::new(format!("{:.1}", f[mi]), (x, f[mi]), value_style.clone()),
+                    None => Text::new("failed".to_string(), (x, 0.0), value_style.clone()),
+                }
+            }))?;
+        }
+        if mi == 0 {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .label_font((FONT, 13))
                 .background_style(WHITE.mix(0.9))
                 .border_style(BLACK.mix(0.5))
                 .draw()?;
