@@ -266,7 +266,11 @@ fn run_arm(arm: &str, stream: &std::path::Path, frames: u32, count: bool) -> Res
         .ok_or_else(|| format!("{arm}: child exited with {} and no figures", out.status))?;
     let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
     match v["error"].as_str() {
-        Some(e) => Err(format!("{arm}: {e}")),
+        // One line: the message goes into a table cell.
+        Some(e) => Err(format!(
+            "{arm}: {}",
+            e.split_whitespace().collect::<Vec<_>>().join(" ")
+        )),
         None => Ok(v),
     }
 }
@@ -528,7 +532,8 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
          /sys/kernel/debug/dma_buf/bufinfo (nothing else runs there), and in brackets those the \
          process holds fds of (/proc/self/fdinfo, each buffer once). They are the part of that \
          memory shared with devices, already inside the RSS when mapped: do not add them. \
-         Upstream's kmssink dumb buffers and V4L2 MMAP buffers are not dma-bufs and show only in RSS. \
+         The consumers' own buffers count where they export them: kmssink's dumb buffers and the \
+         V4L2 MMAP buffers are dma-bufs too. \
          Both display arms convert to BGRx (vkms scans out RGB only); videoconvert writes into the \
          buffers of the element after it when that element offers a pool.\n"
     );
