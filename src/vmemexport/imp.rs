@@ -14,13 +14,14 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::Backing;
+use super::backend::{Devices, HeapPool};
 use super::downstream;
 use super::export::{CopyReason, Exporter, Outcome, Refusal};
 use super::memfd_allocator::MemfdAllocator;
 use super::stats::Stats;
 use crate::formats::{self, CapsKind};
 use crate::heapalloc::DmaHeapAllocator;
-use crate::kernel::{self, SyncAccess, Udmabuf, Vmemexp};
+use crate::kernel::{self, SyncAccess};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -51,6 +52,8 @@ struct Settings {
     propose_pool: bool,
     sync: bool,
     pin_system_memory: bool,
+    /// Not a property: a fake udmabuf for tests (`super::use_fake_udmabuf`).
+    devices: Devices,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             propose_pool: DEFAULT_PROPOSE_POOL,
             sync: DEFAULT_SYNC,
             pin_system_memory: DEFAULT_PIN_SYSTEM_MEMORY,
+            devices: Devices::Kernel,
         }
     }
 }
@@ -132,7 +136,7 @@ impl VmemExport {
         let mut udmabuf_why = String::new();
         let udmabuf = match settings.backing {
             Backing::Heap => None,
-            Backing::Memfd | Backing::Auto => match Udmabuf::open() {
+            Backing::Memfd | Backing::Auto => match settings.devices.udmabuf() {
                 Ok(u) => Some(u),
                 Err(e) if settings.backing == Backing::Memfd => {
                     return Err(gst::error_msg!(
@@ -153,7 +157,7 @@ impl VmemExport {
         };
         // The heap is needed for backing=heap, and as the copy target for frames over udmabuf's
         // size limit; only the former makes a missing heap fatal.
-        let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
+        let heap_allocator = match settings.devices.heap(&settings.heap) {
             Ok(a) => {
                 a.set_owner(&*self.obj());
                 Some(a)
@@ -182,20 +186,23 @@ impl VmemExport {
         // Other system memory is exported in place when vmemexp is there (own pool first, then
         // vmemexp, then a copy).
         let vmemexp = if settings.pin_system_memory {
-            Vmemexp::open().map_err(|e| {
+            settings.devices.vmemexp().inspect_err(|e| {
                 gst::info!(
                     CAT,
                     imp = self,
                     "frames from other memory will be copied: {e}"
                 );
-                e.to_string()
             })
         } else {
             Err("pin-system-memory=false".to_string())
         };
         Ok(State {
             backing,
-            exporter: Arc::new(Exporter::new(udmabuf, vmemexp, name)),
+            exporter: Arc::new(Exporter::new(
+                udmabuf.unwrap_or_else(|| Box::new(HeapPool)),
+                vmemexp,
+                name,
+            )),
             heap_allocator,
             in_info: None,
             copy_pool: None,
@@ -990,5 +997,12 @@ impl BaseTransformImpl for VmemExport {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         // All the work is in prepare_output_buffer: the output shares the input's pages.
         Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+impl VmemExport {
+    /// See [`super::use_fake_udmabuf`].
+    pub(super) fn use_fake_udmabuf(&self) {
+        self.settings.lock().unwrap().devices = Devices::Fake;
     }
 }
