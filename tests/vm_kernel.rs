@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use gstvmem::heapalloc::HeapSelection;
 use gstvmem::kernel::*;
 use rustix::fs::SealFlags;
 
@@ -266,7 +267,7 @@ fn heaps_of_the_testbed_allocate_map_and_name() {
 #[test]
 #[ignore = "needs the VM testbed"]
 fn auto_heap_selection_picks_the_cma_heap() {
-    let heap = Heap::select(&HeapSelection::Auto).unwrap();
+    let heap = Heap::open_first(&HeapSelection::Auto.candidates()).unwrap();
     assert_eq!(heap.name(), "reserved");
     assert!(heap.is_contiguous());
     let e = Heap::open("linux,cma").unwrap_err();
@@ -274,7 +275,7 @@ fn auto_heap_selection_picks_the_cma_heap() {
         e.to_string(),
         "heap 'linux,cma' not found; available: reserved, system"
     );
-    let heap = Heap::select(&HeapSelection::parse("linux,cma,system")).unwrap();
+    let heap = gstvmem::heapalloc::open_heap("linux,cma,system").unwrap();
     assert_eq!(heap.name(), "system");
 }
 
@@ -306,7 +307,7 @@ fn prime_import_into_vkms_and_vgem() {
     let size = u64::from(pitch * h);
     let (memfd, _map) = filled_memfd(size / page(), 9);
     let from_udmabuf = udmabuf().create(memfd.as_fd(), 0, size).unwrap();
-    let from_cma = Heap::select(&HeapSelection::Auto)
+    let from_cma = Heap::open_first(&HeapSelection::Auto.candidates())
         .unwrap()
         .allocate(size as usize)
         .unwrap();

@@ -521,14 +521,12 @@ impl BaseSinkImpl for DmabufSink {
             DrmUse::Import
         };
         let drm = match &settings.drm_device {
-            Some(spec) => Some(Arc::new(DrmNode::open_spec(spec, purpose).map_err(
-                |e| {
-                    gst::error_msg!(
-                        gst::ResourceError::OpenReadWrite,
-                        ("Cannot open DRM device {spec}: {e}")
-                    )
-                },
-            )?)),
+            Some(spec) => Some(Arc::new(open_drm_device(spec, purpose).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("Cannot open DRM device {spec}: {e}")
+                )
+            })?)),
             None => None,
         };
         let socket_group = match &settings.socket_group {
@@ -725,5 +723,14 @@ impl BaseSinkImpl for DmabufSink {
             self.log_server_events(&server);
         }
         Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+/// Opens the `drm-device` property's value: a path (taken as it is), or `driver:NAME` (the
+/// driver's first node for `purpose`, see [`DrmNode::open_driver`]).
+fn open_drm_device(spec: &str, purpose: DrmUse) -> kernel::Result<DrmNode> {
+    match spec.strip_prefix("driver:") {
+        Some(driver) => DrmNode::open_driver(driver, purpose),
+        None => DrmNode::open(std::path::Path::new(spec)),
     }
 }

@@ -90,14 +90,6 @@ impl DrmNode {
         })
     }
 
-    /// Opens `spec`: a path (taken as it is), or `driver:NAME` (see [`DrmNode::open_driver`]).
-    pub fn open_spec(spec: &str, purpose: DrmUse) -> Result<DrmNode> {
-        match spec.strip_prefix("driver:") {
-            Some(driver) => DrmNode::open_driver(driver, purpose),
-            None => DrmNode::open(Path::new(spec)),
-        }
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }

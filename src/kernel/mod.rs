@@ -25,7 +25,7 @@ pub use self::dmabuf::{
 };
 pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, Scanout, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
-pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
+pub use self::heap::{CMA_HEAP_NAMES, Heap, available_heaps};
 pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;
 pub use self::peer::{PeerCred, group_id, peer_credentials, peer_groups};

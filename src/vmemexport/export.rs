@@ -185,7 +185,7 @@ impl Exporter {
             }),
             _ => Ok(()),
         };
-        if let Some(export) = memory::cached_export(mem) {
+        if let Some(export) = super::cache::cached_export(mem) {
             check_offset(export.offset())?;
             return Ok((export, Outcome::CacheHit));
         }
@@ -201,7 +201,7 @@ impl Exporter {
         let export = self
             .wrap(dmabuf, export_size as usize, mem.offset(), mem.size())
             .map_err(Refusal::Udmabuf)?;
-        memory::cache_export(mem, export.clone());
+        super::cache::cache_export(mem, export.clone());
         Ok((export, Outcome::Exported))
     }
 
@@ -257,7 +257,7 @@ impl Exporter {
         let export = self
             .wrap(dmabuf, end - first, offset, mem.size())
             .map_err(Refusal::Pin)?;
-        memory::cache_export(mem, export.clone());
+        super::cache::cache_export(mem, export.clone());
         Ok((export, Outcome::Pinned))
     }
 

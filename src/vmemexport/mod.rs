@@ -24,10 +24,13 @@ use gst::glib;
 use gst::prelude::*;
 
 mod backend;
+mod cache;
+mod caps;
 mod downstream;
 mod export;
 mod imp;
 pub mod memfd_allocator;
+mod release;
 mod stats;
 
 pub use memfd_allocator::MemfdAllocator;
