@@ -618,3 +618,39 @@ fn stats_add_up_and_list_every_documented_field() {
     assert_eq!(stat(&element, "frames"), 0);
     element.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn frames_over_udmabufs_limit_are_refused_without_a_heap() {
+    // 4200x4200 BGRx: 70.6 MB, over udmabuf's default 64 MiB (the fake's limit everywhere).
+    // Such frames can only be copied into dma-heap memory, and the fake has no heap.
+    let (mut h, element, bus) = harness(&[]);
+    let big = gst_video::VideoInfo::builder(gst_video::VideoFormat::Bgrx, 4200, 4200)
+        .build()
+        .unwrap();
+    let caps = big.to_caps().unwrap();
+    h.set_src_caps(caps.clone());
+    let pool = allocation_query(&h, &caps, true).pool().unwrap();
+    pool.set_active(true).unwrap();
+    // Untouched pages: the memfd is allocated lazily, nothing is written.
+    let frame = pool.acquire_buffer(None).unwrap();
+    assert_eq!(h.push(frame), Err(gst::FlowError::Error));
+    let posted = messages(&bus);
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    assert!(!posted[0].0);
+    assert!(
+        posted[0].1.contains("udmabuf cannot export it")
+            && posted[0].1.contains("exceed udmabuf's limit of 64 MiB"),
+        "{posted:?}"
+    );
+    assert!(posted[1].0);
+    assert!(
+        posted[1]
+            .1
+            .contains("exceed udmabuf's size limit and no dma-heap is usable"),
+        "{posted:?}"
+    );
+    assert_eq!(stat(&element, "frames"), 1);
+    assert_eq!(stat(&element, "exported"), 0);
+    assert_eq!(stat(&element, "copies"), 0);
+    pool.set_active(false).unwrap();
+}
