@@ -151,6 +151,14 @@ fn stat(element: &gst::Element, field: &str) -> u64 {
     common::stat(element, field)
 }
 
+/// Asserts `stats` counters, showing the whole structure when one differs.
+fn assert_stats(element: &gst::Element, expected: &[(&str, u64)]) {
+    let s = stats(element);
+    for (field, value) in expected {
+        assert_eq!(s.get::<u64>(*field).unwrap(), *value, "{field} in {s}");
+    }
+}
+
 fn copy_reason(element: &gst::Element, reason: &str) -> u64 {
     stats(element)
         .get::<gst::Structure>("copy-reasons")
@@ -367,13 +375,18 @@ fn pool_frames_leave_as_dmabufs_of_the_same_pages() {
     let first_export = mem.as_ptr();
     drop(out);
 
-    assert_eq!(stat(&element, "frames"), 1);
-    assert_eq!(stat(&element, "exported"), 1);
-    assert_eq!(stat(&element, "export-cache-hits"), 0);
-    assert_eq!(stat(&element, "copies"), 0);
-    assert_eq!(stat(&element, "passthrough"), 0);
-    // The fake's fds are memfds: DMA_BUF_IOCTL_SYNC fails on them and is not counted.
-    assert_eq!(stat(&element, "syncs"), 0);
+    assert_stats(
+        &element,
+        &[
+            ("frames", 1),
+            ("exported", 1),
+            ("export-cache-hits", 0),
+            ("copies", 0),
+            ("passthrough", 0),
+            // The fake's fds are memfds: DMA_BUF_IOCTL_SYNC fails on them, uncounted.
+            ("syncs", 0),
+        ],
+    );
 
     // Released frames come back from the pool with their export: the same dma-buf memory
     // leaves again (importers cache per memory), no new export.
@@ -383,10 +396,15 @@ fn pool_frames_leave_as_dmabufs_of_the_same_pages() {
         assert_eq!(out.peek_memory(0).as_ptr(), first_export);
         assert_eq!(bytes_of(&out), bytes_of(&system_frame(pattern(pts as u8))));
     }
-    assert_eq!(stat(&element, "frames"), 7);
-    assert_eq!(stat(&element, "exported"), 1);
-    assert_eq!(stat(&element, "export-cache-hits"), 6);
-    assert_eq!(stat(&element, "copies"), 0);
+    assert_stats(
+        &element,
+        &[
+            ("frames", 7),
+            ("exported", 1),
+            ("export-cache-hits", 6),
+            ("copies", 0),
+        ],
+    );
     assert!(messages(&bus).is_empty());
 }
 
@@ -407,8 +425,7 @@ fn frames_held_downstream_get_exports_of_their_own() {
     for (i, out) in outs.iter().enumerate() {
         assert_eq!(bytes_of(out), bytes_of(&system_frame(pattern(i as u8))));
     }
-    assert_eq!(stat(&element, "exported"), 4);
-    assert_eq!(stat(&element, "export-cache-hits"), 0);
+    assert_stats(&element, &[("exported", 4), ("export-cache-hits", 0)]);
 }
 
 #[test]
@@ -419,13 +436,28 @@ fn foreign_memory_is_copied_counted_and_warned_once() {
         h.push(system_frame(pattern(seed))).unwrap();
         let out = h.pull().unwrap();
         assert!(is_dmabuf(out.peek_memory(0)));
+        // The copy lands in vmemexport's own memfds, and leaves as their export.
+        let fd = out
+            .peek_memory(0)
+            .downcast_memory_ref::<gst_allocators::FdMemory>()
+            .unwrap()
+            .fd();
+        let file = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        assert!(
+            file.to_string_lossy().starts_with("/memfd:vmemexport"),
+            "{file:?}"
+        );
         assert_eq!(bytes_of(&out), bytes_of(&system_frame(pattern(seed))));
     }
-    assert_eq!(stat(&element, "frames"), 3);
-    assert_eq!(stat(&element, "copies"), 3);
-    assert_eq!(stat(&element, "bytes-copied"), 3 * info().size() as u64);
+    assert_stats(
+        &element,
+        &[
+            ("frames", 3),
+            ("copies", 3),
+            ("bytes-copied", 3 * info().size() as u64),
+        ],
+    );
     assert_eq!(copy_reason(&element, "foreign-memory"), 3);
-    // The copies land in vmemexport's own memfd pool, and leave as its exports.
     assert!(stat(&element, "exported") >= 1);
     assert_eq!(
         stat(&element, "exported") + stat(&element, "export-cache-hits"),
@@ -485,9 +517,10 @@ fn strict_mode_refuses_the_copy_with_an_error() {
     assert!(text.contains("Zero-copy is impossible"), "{text}");
     assert!(text.contains("copy-fallback=false"), "{text}");
     // Counted, though not copied.
-    assert_eq!(stat(&element, "frames"), 2);
-    assert_eq!(stat(&element, "copies"), 0);
-    assert_eq!(stat(&element, "bytes-copied"), 0);
+    assert_stats(
+        &element,
+        &[("frames", 2), ("copies", 0), ("bytes-copied", 0)],
+    );
 }
 
 /// A buffer of dma-buf memory: the output of another vmemexport with the fake.
@@ -519,10 +552,15 @@ fn dmabuf_caps_in_pass_through_untouched() {
             .unwrap()
             .is_passthrough()
     );
-    assert_eq!(stat(&element, "frames"), 1);
-    assert_eq!(stat(&element, "passthrough"), 1);
-    assert_eq!(stat(&element, "exported"), 0);
-    assert_eq!(stat(&element, "copies"), 0);
+    assert_stats(
+        &element,
+        &[
+            ("frames", 1),
+            ("passthrough", 1),
+            ("exported", 0),
+            ("copies", 0),
+        ],
+    );
 }
 
 #[test]
@@ -542,10 +580,15 @@ fn dmabuf_memory_under_plain_caps_passes_through() {
             .unwrap()
             .contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)
     );
-    assert_eq!(stat(&element, "frames"), 1);
-    assert_eq!(stat(&element, "passthrough"), 1);
-    assert_eq!(stat(&element, "exported"), 0);
-    assert_eq!(stat(&element, "copies"), 0);
+    assert_stats(
+        &element,
+        &[
+            ("frames", 1),
+            ("passthrough", 1),
+            ("exported", 0),
+            ("copies", 0),
+        ],
+    );
     assert!(messages(&bus).is_empty());
 }
 
@@ -649,8 +692,6 @@ fn frames_over_udmabufs_limit_are_refused_without_a_heap() {
             .contains("exceed udmabuf's size limit and no dma-heap is usable"),
         "{posted:?}"
     );
-    assert_eq!(stat(&element, "frames"), 1);
-    assert_eq!(stat(&element, "exported"), 0);
-    assert_eq!(stat(&element, "copies"), 0);
+    assert_stats(&element, &[("frames", 1), ("exported", 0), ("copies", 0)]);
     pool.set_active(false).unwrap();
 }
