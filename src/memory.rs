@@ -145,12 +145,13 @@ fn alloc_fd(
 }
 
 /// The dma-buf fd of `mem`, if it is dma-buf memory.
-pub fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<std::os::fd::BorrowedFd<'_>> {
+pub fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<kernel::DmaBuf<'_>> {
     let fd = mem
         .downcast_memory_ref::<gst_allocators::DmaBufMemory>()?
         .fd();
     // SAFETY: the fd belongs to `mem`, which outlives the borrow.
-    Some(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    Some(kernel::DmaBuf::known(fd))
 }
 
 /// Whether every memory of `buffer` is dma-buf memory.

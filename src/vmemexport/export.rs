@@ -270,7 +270,7 @@ impl Exporter {
         size: usize,
     ) -> Result<gst::Memory, String> {
         // A name is a debugging aid (debugfs, fdinfo); failing to set it changes nothing.
-        let _ = kernel::set_dmabuf_name(dmabuf.as_fd(), &self.name);
+        let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(dmabuf.as_fd()), &self.name);
         // SAFETY: the fd is a fresh dma-buf that the memory takes over.
         let mut export = unsafe { self.dmabuf_allocator.alloc_dmabuf(dmabuf, len) }
             .map_err(|e| e.to_string())?;

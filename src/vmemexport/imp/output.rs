@@ -11,6 +11,7 @@ use gst_base::subclass::base_transform::PrepareOutputBufferSuccess;
 use gst_video::prelude::*;
 
 use super::{CAT, Notices, Settings, VmemExport};
+use crate::frame::FrameLayout;
 use crate::kernel::{self, SyncAccess};
 use crate::vmemexport::export::{Exporter, Outcome, Refusal};
 use crate::vmemexport::stats::Stats;
@@ -158,29 +159,8 @@ fn copy_video_meta(
     out: &mut gst::BufferRef,
     info: Option<&gst_video::VideoInfo>,
 ) {
-    let layout = match source.meta::<gst_video::VideoMeta>() {
-        Some(m) => Some((
-            m.video_frame_flags(),
-            m.format(),
-            m.width(),
-            m.height(),
-            m.offset().to_vec(),
-            m.stride().to_vec(),
-        )),
-        None => info.map(|i| {
-            (
-                gst_video::VideoFrameFlags::empty(),
-                i.format(),
-                i.width(),
-                i.height(),
-                i.offset().to_vec(),
-                i.stride().to_vec(),
-            )
-        }),
-    };
-    if let Some((flags, format, width, height, offsets, strides)) = layout
-        && let Err(e) =
-            gst_video::VideoMeta::add_full(out, flags, format, width, height, &offsets, &strides)
+    if let Some(layout) = FrameLayout::of(source, info)
+        && let Err(e) = layout.add_meta(out)
     {
         gst::warning!(CAT, "cannot add VideoMeta: {e}");
     }
