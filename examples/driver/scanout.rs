@@ -28,7 +28,9 @@ pub fn read_scanout(node: &DrmNode) -> kernel::Result<Scanout> {
     let pitch = info.pitches()[0];
     let offset = info.offsets()[0] as usize;
     let len = offset + (pitch * height) as usize;
-    let pixels = kernel::read_dmabuf(dmabuf.as_fd(), len, |bytes| bytes[offset..].to_vec())?;
+    let pixels = kernel::read_dmabuf(kernel::DmaBuf::known(dmabuf.as_fd()), len, |bytes| {
+        bytes[offset..].to_vec()
+    })?;
     Ok(Scanout {
         width,
         height,

@@ -161,7 +161,7 @@ impl DmabufSink {
             if state.imports.contains_key(&ino) {
                 continue;
             }
-            let handle = match node.prime_import(fd) {
+            let handle = match node.prime_import(fd.fd()) {
                 Ok(h) => h,
                 Err(e) => {
                     stats.import_failures += 1;
@@ -294,7 +294,7 @@ impl DmabufSink {
             let ino = rustix::fs::fstat(fd).map(|s| s.st_ino).unwrap_or(0);
             let index = inodes.iter().position(|&i| i == ino).unwrap_or_else(|| {
                 inodes.push(ino);
-                fds.push(fd);
+                fds.push(fd.fd());
                 inodes.len() - 1
             });
             frame.plane_fd[plane] = index as u8;

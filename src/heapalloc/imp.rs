@@ -153,7 +153,10 @@ unsafe impl AllocatorImpl for DmaHeapAllocator {
                 let heap = self.heap()?;
                 let fd = heap.allocate(maxsize)?;
                 // Naming is a debugging aid: a kernel without it must not fail the allocation.
-                let _ = kernel::set_dmabuf_name(fd.as_fd(), &format!("heapalloc:{}", heap.name()));
+                let _ = kernel::set_dmabuf_name(
+                    kernel::DmaBuf::known(fd.as_fd()),
+                    &format!("heapalloc:{}", heap.name()),
+                );
                 Ok(fd)
             },
         )

@@ -20,8 +20,9 @@ use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SYNC_TIMEOUT, SyncAccess, dmabuf_exporter, dmabuf_name, dmabuf_size, idle_dmabufs, is_dmabuf,
-    read_dmabuf, set_dmabuf_name, sync_end, sync_start, sync_start_within, wait_idle,
+    DmaBuf, SYNC_TIMEOUT, SyncAccess, dmabuf_exporter, dmabuf_name, dmabuf_size, fdinfo_field,
+    idle_dmabufs, is_dmabuf, read_dmabuf, set_dmabuf_name, sync_end, sync_start, sync_start_within,
+    wait_idle,
 };
 pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};

@@ -88,6 +88,12 @@ pub struct UdmabufLimits {
 }
 
 impl UdmabufLimits {
+    /// The defaults of drivers/dma-buf/udmabuf.c.
+    pub const KERNEL_DEFAULTS: UdmabufLimits = UdmabufLimits {
+        size_limit: DEFAULT_SIZE_LIMIT_MB << 20,
+        list_limit: DEFAULT_LIST_LIMIT,
+    };
+
     /// Reads the module parameters, falling back to the kernel's defaults.
     pub fn from_sysfs() -> UdmabufLimits {
         let read = |name: &str| -> Option<u64> {
@@ -101,6 +107,62 @@ impl UdmabufLimits {
             size_limit: read("size_limit_mb").unwrap_or(DEFAULT_SIZE_LIMIT_MB) << 20,
             list_limit: read("list_limit").unwrap_or(DEFAULT_LIST_LIMIT),
         }
+    }
+
+    /// udmabuf's rules for exporting `ranges` within these limits, checked before the ioctl
+    /// so that each failure has a name (and by stand-ins for udmabuf, so that they refuse
+    /// what it refuses).
+    pub fn check(&self, ranges: &[UdmabufRange<'_>]) -> Result<()> {
+        if ranges.len() as u64 > self.list_limit {
+            return Err(Error::ListTooLong {
+                count: ranges.len(),
+                limit: self.list_limit,
+            });
+        }
+        let page = page_size();
+        let mut total = 0u64;
+        for r in ranges {
+            for (what, value) in [("offset", r.offset), ("size", r.size)] {
+                if value % page != 0 {
+                    return Err(Error::Unaligned {
+                        what,
+                        value,
+                        page_size: page,
+                    });
+                }
+            }
+            let seals = seals_of(r.memfd)?;
+            if !seals.contains(SealFlags::SHRINK) {
+                return Err(Error::NotSealedShrink);
+            }
+            if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+                return Err(Error::WriteSealed);
+            }
+            let file_size = rustix::fs::fstat(r.memfd)
+                .map_err(|e| Error::from_io("fstat", e.into()))?
+                .st_size as u64;
+            if r.offset
+                .checked_add(r.size)
+                .is_none_or(|end| end > file_size)
+            {
+                return Err(Error::OutOfRange {
+                    offset: r.offset,
+                    size: r.size,
+                    file_size,
+                });
+            }
+            total = total.saturating_add(r.size);
+        }
+        if total == 0 {
+            return Err(Error::Empty);
+        }
+        if total > self.size_limit {
+            return Err(Error::TooLarge {
+                size: total,
+                limit_mb: self.size_limit >> 20,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -143,7 +205,7 @@ impl Udmabuf {
 
     /// Exports `size` bytes of `memfd` from `offset` as a new dma-buf (`O_CLOEXEC`).
     pub fn create(&self, memfd: BorrowedFd<'_>, offset: u64, size: u64) -> Result<OwnedFd> {
-        self.check(&[UdmabufRange {
+        self.limits.check(&[UdmabufRange {
             memfd,
             offset,
             size,
@@ -153,7 +215,7 @@ impl Udmabuf {
 
     /// Exports several memfd ranges, concatenated in order, as one dma-buf (`O_CLOEXEC`).
     pub fn create_list(&self, ranges: &[UdmabufRange<'_>]) -> Result<OwnedFd> {
-        self.check(ranges)?;
+        self.limits.check(ranges)?;
         const HEADER: usize = std::mem::size_of::<UdmabufCreateListHeader>();
         const ITEM: usize = std::mem::size_of::<UdmabufCreateItem>();
         const _: () = assert!(HEADER == 8 && ITEM == 24);
@@ -209,60 +271,6 @@ impl Udmabuf {
             rustix::io::Errno::BADFD => Error::NotMemfd,
             e => Error::from_io("UDMABUF_CREATE", e.into()),
         })
-    }
-
-    /// The kernel's checks, made first so that each failure has a name.
-    fn check(&self, ranges: &[UdmabufRange<'_>]) -> Result<()> {
-        if ranges.len() as u64 > self.limits.list_limit {
-            return Err(Error::ListTooLong {
-                count: ranges.len(),
-                limit: self.limits.list_limit,
-            });
-        }
-        let page = page_size();
-        let mut total = 0u64;
-        for r in ranges {
-            for (what, value) in [("offset", r.offset), ("size", r.size)] {
-                if value % page != 0 {
-                    return Err(Error::Unaligned {
-                        what,
-                        value,
-                        page_size: page,
-                    });
-                }
-            }
-            let seals = seals_of(r.memfd)?;
-            if !seals.contains(SealFlags::SHRINK) {
-                return Err(Error::NotSealedShrink);
-            }
-            if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
-                return Err(Error::WriteSealed);
-            }
-            let file_size = rustix::fs::fstat(r.memfd)
-                .map_err(|e| Error::from_io("fstat", e.into()))?
-                .st_size as u64;
-            if r.offset
-                .checked_add(r.size)
-                .is_none_or(|end| end > file_size)
-            {
-                return Err(Error::OutOfRange {
-                    offset: r.offset,
-                    size: r.size,
-                    file_size,
-                });
-            }
-            total = total.saturating_add(r.size);
-        }
-        if total == 0 {
-            return Err(Error::Empty);
-        }
-        if total > self.limits.size_limit {
-            return Err(Error::TooLarge {
-                size: total,
-                limit_mb: self.limits.size_limit >> 20,
-            });
-        }
-        Ok(())
     }
 }
 

@@ -11,7 +11,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use gst_allocators::prelude::*;
 
-use crate::kernel::{self, PinAccess, Udmabuf, Vmemexp};
+use super::backend::Backend;
+use crate::kernel::{self, PinAccess, Vmemexp};
 use crate::memory;
 
 /// Why a frame was copied, as `stats`' `copy-reasons` counts it.
@@ -132,11 +133,11 @@ pub enum Outcome {
     CacheHit,
 }
 
-/// Exports memories through one open `/dev/udmabuf` and, for other system memory, one open
-/// `/dev/vmemexp`.
+/// Exports the pool's memories through a [`Backend`] (udmabuf) and, for other system memory,
+/// one open `/dev/vmemexp`.
 #[derive(Debug)]
 pub struct Exporter {
-    udmabuf: Option<Udmabuf>,
+    backend: Box<dyn Backend>,
     /// vmemexp, or why it is not used.
     vmemexp: Result<Vmemexp, String>,
     dmabuf_allocator: gst_allocators::DmaBufAllocator,
@@ -144,18 +145,18 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn new(udmabuf: Option<Udmabuf>, vmemexp: Result<Vmemexp, String>, name: String) -> Self {
+    pub fn new(backend: Box<dyn Backend>, vmemexp: Result<Vmemexp, String>, name: String) -> Self {
         Exporter {
-            udmabuf,
+            backend,
             vmemexp,
             dmabuf_allocator: gst_allocators::DmaBufAllocator::new(),
             name,
         }
     }
 
-    /// Largest frame udmabuf will export, if there is a udmabuf.
+    /// Largest frame the backend will export, if it exports any.
     pub fn size_limit(&self) -> Option<u64> {
-        self.udmabuf.as_ref().map(|u| u.limits().size_limit)
+        self.backend.size_limit()
     }
 
     /// The dma-buf memory holding `buffer`'s pages: the memory itself if it is dma-buf memory,
@@ -192,14 +193,11 @@ impl Exporter {
             return self.pin(mem, check_offset);
         };
         check_offset(mem.offset())?;
-        let udmabuf = self.udmabuf.as_ref().ok_or(Refusal::NoExporter)?;
         // SAFETY: the fd belongs to `mem`, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(fd_mem.fd()) };
         let export_size = kernel::page_align(mem.maxsize() as u64)
             .ok_or_else(|| Refusal::Udmabuf(format!("{} bytes overflow", mem.maxsize())))?;
-        let dmabuf = udmabuf
-            .create(fd, 0, export_size)
-            .map_err(|e| Refusal::Udmabuf(e.to_string()))?;
+        let dmabuf = self.backend.export(fd, export_size)?;
         let export = self
             .wrap(dmabuf, export_size as usize, mem.offset(), mem.size())
             .map_err(Refusal::Udmabuf)?;
@@ -272,7 +270,7 @@ impl Exporter {
         size: usize,
     ) -> Result<gst::Memory, String> {
         // A name is a debugging aid (debugfs, fdinfo); failing to set it changes nothing.
-        let _ = kernel::set_dmabuf_name(dmabuf.as_fd(), &self.name);
+        let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(dmabuf.as_fd()), &self.name);
         // SAFETY: the fd is a fresh dma-buf that the memory takes over.
         let mut export = unsafe { self.dmabuf_allocator.alloc_dmabuf(dmabuf, len) }
             .map_err(|e| e.to_string())?;

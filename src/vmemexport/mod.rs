@@ -23,6 +23,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod backend;
 mod cache;
 mod caps;
 mod downstream;
@@ -60,6 +61,18 @@ pub enum Backing {
     /// Upstream writes straight into dma-heap buffers (e.g. contiguous CMA memory).
     #[enum_value(name = "Heap: dma-heap buffers (see the heap property)", nick = "heap")]
     Heap,
+}
+
+/// For tests only, not a stable API: makes `element` export its pool through a fake udmabuf
+/// that hands out the pool's memfds themselves as "dma-bufs", with no dma-heap and no
+/// vmemexp, whatever the machine has. Negotiation, the ALLOCATION query, passthrough, the copy
+/// fallback and `stats` then run on any machine (`tests/element_harness.rs`). The fds are no
+/// dma-bufs: `DMA_BUF_IOCTL_SYNC` fails on them (`stats` counts no syncs) and no device can
+/// import them. Takes effect at the next start (NULL to READY).
+#[doc(hidden)]
+pub fn use_fake_udmabuf(element: &VmemExport) {
+    use gst::subclass::prelude::ObjectSubclassIsExt;
+    element.imp().use_fake_udmabuf();
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

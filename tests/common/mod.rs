@@ -232,6 +232,57 @@ pub fn exported_by(
     }
 }
 
+/// Encodes `frames` of videotestsrc's ball in `caps` with `encoder` into a file named after
+/// `tag`, once; the `filesrc` that plays it back.
+pub fn encoded_source(tag: &str, caps: &str, encoder: &str, frames: usize) -> String {
+    let file = std::env::temp_dir().join(format!("{tag}.bin"));
+    let file = file.display();
+    run(&launch(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {caps},framerate=30/1 ! {encoder} ! \
+         filesink location={file}"
+    )));
+    format!("filesrc location={file}")
+}
+
+/// Plays `src` (a producer's description) without vmemexport, then through `vmemexport {props}`
+/// into dmabufsink on vkms and an appsink. Checks that all `frames` arrived, each as a dma-buf
+/// exported by one of `exporters` with the producer's own pixels, and that dmabufsink
+/// PRIME-imported each export once. Returns vmemexport, for its stats.
+pub fn play_through_vmemexport(
+    src: &str,
+    props: &str,
+    exporters: &'static [&'static str],
+    frames: usize,
+) -> gst::Element {
+    let reference = frame_checksums(&format!("{src} ! appsink name=out sync=false"));
+    assert_eq!(reference.len(), frames, "{src}: frames without vmemexport");
+    let pipeline = launch(&format!(
+        "{src} ! vmemexport name=v {props} ! tee name=t ! queue max-size-buffers=2 ! \
+         dmabufsink name=s drm-device=driver:vkms t. ! queue max-size-buffers=2 ! \
+         appsink name=out sync=false"
+    ));
+    let sums = checksums_on_arrival(&pipeline, "out", exported_by(exporters));
+    run(&pipeline);
+    let v = element(&pipeline, "v");
+    let stats = v.property::<gst::Structure>("stats");
+    eprintln!("{src} ! vmemexport {props}: {stats}");
+    assert_eq!(stat(&v, "frames"), frames as u64, "{src}: {stats}");
+    let sums: Result<Vec<u64>, String> = sums.lock().unwrap().iter().cloned().collect();
+    assert_eq!(
+        sums.unwrap(),
+        reference,
+        "{src}: the producer's pixels, through the dma-buf"
+    );
+    let s = element(&pipeline, "s");
+    assert_eq!(stat(&s, "frames"), frames as u64);
+    assert_eq!(
+        stat(&s, "imported"),
+        stat(&v, "exported"),
+        "{src}: PRIME import once per dma-buf"
+    );
+    v
+}
+
 /// Plays `desc` (ending in `appsink name=out`) to EOS; what the appsink received.
 pub fn run_collecting(desc: &str) -> Vec<(gst::Caps, gst::Buffer)> {
     let pipeline = launch(desc);

@@ -11,8 +11,9 @@ use gst::subclass::prelude::*;
 
 use super::{CAT, Settings, VmemExport};
 use crate::heapalloc::{DmaHeapAllocator, HeapSelection};
-use crate::kernel::{self, Udmabuf, Vmemexp};
+use crate::kernel;
 use crate::vmemexport::Backing;
+use crate::vmemexport::backend::HeapPool;
 use crate::vmemexport::export::{CopyReason, Exporter};
 use crate::vmemexport::memfd_allocator::MemfdAllocator;
 
@@ -45,7 +46,7 @@ impl VmemExport {
         let mut udmabuf_why = String::new();
         let udmabuf = match settings.backing {
             Backing::Heap => None,
-            Backing::Memfd | Backing::Auto => match Udmabuf::open() {
+            Backing::Memfd | Backing::Auto => match settings.devices.udmabuf() {
                 Ok(u) => Some(u),
                 Err(e) if settings.backing == Backing::Memfd => {
                     return Err(gst::error_msg!(
@@ -66,7 +67,7 @@ impl VmemExport {
         };
         // The heap is needed for backing=heap, and as the copy target for frames over udmabuf's
         // size limit; only the former makes a missing heap fatal.
-        let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
+        let heap_allocator = match settings.devices.heap(&settings.heap) {
             Ok(a) => {
                 a.set_owner(&*self.obj());
                 Some(a)
@@ -95,20 +96,23 @@ impl VmemExport {
         // Other system memory is exported in place when vmemexp is there (own pool first, then
         // vmemexp, then a copy).
         let vmemexp = if settings.pin_system_memory {
-            Vmemexp::open().map_err(|e| {
+            settings.devices.vmemexp().inspect_err(|e| {
                 gst::info!(
                     CAT,
                     imp = self,
                     "frames from other memory will be copied: {e}"
                 );
-                e.to_string()
             })
         } else {
             Err("pin-system-memory=false".to_string())
         };
         Ok(State {
             backing,
-            exporter: Arc::new(Exporter::new(udmabuf, vmemexp, name)),
+            exporter: Arc::new(Exporter::new(
+                udmabuf.unwrap_or_else(|| Box::new(HeapPool)),
+                vmemexp,
+                name,
+            )),
             heap_allocator,
             in_info: None,
             copy_pool: None,

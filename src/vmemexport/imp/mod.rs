@@ -20,6 +20,7 @@ mod output;
 
 use self::backing::State;
 use super::Backing;
+use super::backend::Devices;
 use super::caps;
 use super::downstream;
 use super::stats::Stats;
@@ -54,6 +55,8 @@ struct Settings {
     propose_pool: bool,
     sync: bool,
     pin_system_memory: bool,
+    /// Not a property: a fake udmabuf for tests (`super::use_fake_udmabuf`).
+    devices: Devices,
 }
 
 impl Default for Settings {
@@ -65,6 +68,7 @@ impl Default for Settings {
             propose_pool: DEFAULT_PROPOSE_POOL,
             sync: DEFAULT_SYNC,
             pin_system_memory: DEFAULT_PIN_SYSTEM_MEMORY,
+            devices: Devices::Kernel,
         }
     }
 }
@@ -539,5 +543,12 @@ impl BaseTransformImpl for VmemExport {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         // All the work is in prepare_output_buffer: the output shares the input's pages.
         Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+impl VmemExport {
+    /// See [`super::use_fake_udmabuf`].
+    pub(super) fn use_fake_udmabuf(&self) {
+        self.settings.lock().unwrap().devices = Devices::Fake;
     }
 }
