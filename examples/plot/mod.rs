@@ -246,30 +246,60 @@ fn bar_chart<'a, 'b>(
     Ok(chart)
 }
 
+/// A titled picture with a line of notes under the title; returns the area below them.
+fn titled<'a>(root: &Area<'a>, title: &str, note: String) -> Res<Area<'a>> {
+    let root = root.titled(title, (FONT, 24))?;
+    let (top, body) = root.split_vertically(24);
+    top.draw(&Text::new(
+        note,
+        (12, 2),
+        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
+    ))?;
+    Ok(body)
+}
+
+/// The series' legend, boxed, at `position`.
+fn draw_legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, CT>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> Res<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, font_size))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.5))
+        .draw()?;
+    Ok(())
+}
+
+/// The distinct groups and variants of (group, variant) pairs, in order of appearance.
+fn groups_and_variants<'a>(
+    pairs: impl Iterator<Item = (&'a String, &'a String)>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut groups, mut variants): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for (g, v) in pairs {
+        if !groups.contains(g) {
+            groups.push(g.clone());
+        }
+        if !variants.contains(v) {
+            variants.push(v.clone());
+        }
+    }
+    (groups, variants)
+}
+
 fn plot_element(root: &Area, r: &Results) -> Res<()> {
-    let root = root.titled(
+    let body = titled(
+        root,
         "vmemexport alone: time per frame inside the element (log scale)",
-        (FONT, 24),
-    )?;
-    let (note, body) = root.split_vertically(24);
-    note.draw(&Text::new(
         format!(
             "{}. Bar: median of the runs; whisker: min..max; above the red bar: copy / zero-copy.",
             r.setting
         ),
-        (12, 2),
-        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
-    ))?;
-    let mut groups: Vec<String> = Vec::new();
-    let mut variants: Vec<String> = Vec::new();
-    for p in &r.element {
-        if !groups.contains(&p.group) {
-            groups.push(p.group.clone());
-        }
-        if !variants.contains(&p.variant) {
-            variants.push(p.variant.clone());
-        }
-    }
+    )?;
+    let (groups, variants) = groups_and_variants(r.element.iter().map(|p| (&p.group, &p.variant)));
     let lo = r.element.iter().map(|p| p.min).fold(f64::MAX, f64::min);
     let hi = r.element.iter().map(|p| p.max).fold(0.0, f64::max);
     let y = decades(lo, hi);
@@ -329,30 +359,19 @@ fn plot_element(root: &Area, r: &Results) -> Res<()> {
             }
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.5))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 14)?;
     Ok(())
 }
 
 fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
-    let root = root.titled(
+    let body = titled(
+        root,
         "End to end at 1280x720: CPU time per frame of the whole process (log scale)",
-        (FONT, 24),
-    )?;
-    let (note, body) = root.split_vertically(24);
-    note.draw(&Text::new(
         format!(
             "{}. Median of the runs; above each pair: upstream / ours.",
             r.setting
         ),
-        (12, 2),
-        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
-    ))?;
+    )?;
     let (left, right) = body.split_horizontally(body.dim_in_pixel().0 * 56 / 100);
     let groups: Vec<String> = r.end_to_end.iter().map(|c| c.case.clone()).collect();
     let whole = |c: &EndToEnd| [c.upstream, c.ours, c.producer];
@@ -446,42 +465,22 @@ fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
             }
         }
         if legend {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 14))
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.5))
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 14)?;
         }
     }
     Ok(())
 }
 
 fn plot_decoder(root: &Area, r: &Results) -> Res<()> {
-    let root = root.titled(
+    let body = titled(
+        root,
         "avdec_h264 1280x720 into a display and an encoder: upstream's copy path vs vmemexport",
-        (FONT, 24),
-    )?;
-    let (note, body) = root.split_vertically(24);
-    note.draw(&Text::new(
         format!(
             "{}. Each arm in a process of its own; CPU: median of the runs; copies and memory: GST_PERFORMANCE, VmHWM.",
             r.setting
         ),
-        (12, 2),
-        (FONT, 14).into_font().color(&BLACK.mix(0.75)),
-    ))?;
-    let mut groups: Vec<String> = Vec::new();
-    let mut variants: Vec<String> = Vec::new();
-    for a in &r.decoder {
-        if !groups.contains(&a.case) {
-            groups.push(a.case.clone());
-        }
-        if !variants.contains(&a.variant) {
-            variants.push(a.variant.clone());
-        }
-    }
+    )?;
+    let (groups, variants) = groups_and_variants(r.decoder.iter().map(|a| (&a.case, &a.variant)));
     let color = |v: &str| match v {
         "upstream" => RED,
         "ours" => GREEN,
@@ -557,13 +556,7 @@ fn plot_decoder(root: &Area, r: &Results) -> Res<()> {
             }))?;
         }
         if mi == 0 {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.5))
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 13)?;
         }
     }
     Ok(())
