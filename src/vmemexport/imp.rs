@@ -16,6 +16,7 @@ use gst_video::prelude::*;
 use super::Backing;
 use super::downstream;
 use super::export::{CopyReason, Exporter, Outcome, Refusal};
+use super::layout;
 use super::memfd_allocator::MemfdAllocator;
 use super::stats::Stats;
 use crate::formats::{self, CapsKind};
@@ -82,6 +83,8 @@ struct State {
     /// on every renegotiation (avdec_h264 at sizes it pads: every frame); a new pool each time
     /// would give every frame new memory, hence a new export that importers cannot cache.
     proposed: Option<(gst::Caps, gst::BufferPool, gst::Allocator)>,
+    /// The consumer downstream the proposed pool keeps the natural layout for, if any.
+    natural_for: Option<String>,
     /// Every memfd allocator made for this run: each keeps released memories for reuse until
     /// flushed at stop.
     allocators: Vec<MemfdAllocator>,
@@ -202,6 +205,7 @@ impl VmemExport {
             zero_offset_for: None,
             warned: HashSet::new(),
             proposed: None,
+            natural_for: None,
             allocators: Vec::new(),
         })
     }
@@ -357,6 +361,11 @@ impl VmemExport {
         timing: &gst::BufferRef,
         stats: &mut Stats,
     ) -> Result<gst::Buffer, Refusal> {
+        if let (Some(consumer), Some(info)) = (&target.zero_offset_for, &target.info)
+            && let Some(refusal) = layout::natural_layout_refusal(source, info, consumer)
+        {
+            return Err(refusal);
+        }
         let (dmabuf, outcome) = target
             .exporter
             .dmabuf_of(source, target.zero_offset_for.as_deref())?;
@@ -840,6 +849,9 @@ impl BaseTransformImpl for VmemExport {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
             return Ok(());
         }
+        // Downstream is linked by now: a consumer that needs the natural layout gets a pool
+        // upstream cannot pad (layout.rs).
+        let natural_for = downstream::zero_offset_consumer(self.obj().src_pad());
         let mut state = self.state.lock().unwrap();
         let state = state
             .as_mut()
@@ -849,7 +861,7 @@ impl BaseTransformImpl for VmemExport {
         let reused = state
             .proposed
             .as_ref()
-            .filter(|(proposed, _, _)| *proposed == caps)
+            .filter(|(proposed, _, _)| *proposed == caps && state.natural_for == natural_for)
             .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
         let Some(allocator) = reused
             .as_ref()
@@ -881,22 +893,31 @@ impl BaseTransformImpl for VmemExport {
                 // own configuration again, which GstBufferPool accepts even while active.
                 Some((pool, _)) => pool,
                 None => {
-                    let pool = self
-                        .make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS)
-                        .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
+                    let pool = match &natural_for {
+                        Some(_) => layout::natural_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
+                        None => self.make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
+                    }
+                    .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
                     state.proposed = Some((caps.clone(), pool.clone(), allocator.clone()));
+                    state.natural_for = natural_for.clone();
                     pool
                 }
             };
             query.add_allocation_pool(Some(&pool), info.size() as u32, MIN_POOL_BUFFERS, 0);
         }
         query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
-        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        // A decoder told that downstream reads VideoMeta pushes its own padded frames when the
+        // pool takes no alignment (avdec_* reuses its internal pool); without it, it copies
+        // them into the pool in the natural layout.
+        if natural_for.is_none() {
+            query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        }
         gst::debug!(
             CAT,
             imp = self,
-            "proposed {:?} pool for {caps}",
-            state.backing
+            "proposed {:?} pool for {caps}, natural layout for {}",
+            state.backing,
+            natural_for.as_deref().unwrap_or("nobody")
         );
         Ok(())
     }

@@ -26,6 +26,7 @@ use gst::prelude::*;
 mod downstream;
 mod export;
 mod imp;
+mod layout;
 pub mod memfd_allocator;
 mod stats;
 
