@@ -350,12 +350,9 @@ fn unaligned_frames_are_copied_for_v4l2_with_the_reason() {
 
 const H264_FILE_TO_AVDEC: &str = "x264enc speed-preset=ultrafast ! h264parse ! video/x-h264,stream-format=byte-stream | h264parse ! avdec_h264";
 
-/// Decodes `frames` frames with `decoder` (a chain from videotestsrc's I420 at `size` on; or
-/// an encoder chain, " | ", and the decoder chain, to encode only once, into a file)
-/// through vmemexport (with `props`) into dmabufsink (PRIME import into vkms) and an appsink
-/// that checksums each frame through its dma-buf as it arrives (holding the buffers would keep
-/// the decoder's pool from reusing them). Asserts the pixels are the decoder's and that no
-/// frame was copied; returns vmemexport.
+/// `decoder` ("ENCODER | DECODER" for a stream encoded once into a file, else a filter after
+/// videotestsrc) with and without vmemexport (see [`play_through_vmemexport`]): no copies,
+/// the decoder's pixels through vmemexp or udmabuf exports.
 fn decode_without_copies(
     decoder: &str,
     size: (u32, u32),
@@ -363,50 +360,18 @@ fn decode_without_copies(
     props: &str,
 ) -> gst::Element {
     let (w, h) = size;
-    // Encoded once, decoded twice: with and without vmemexport.
+    let caps = format!("video/x-raw,format=I420,width={w},height={h}");
     let src = match decoder.split_once(" | ") {
-        Some((encoder, decoder)) => {
-            let file = std::env::temp_dir().join(format!("vm_pinned-{w}x{h}.bin"));
-            let file = file.display();
-            run(&launch(&format!(
-                "videotestsrc num-buffers={frames} pattern=ball ! \
-                 video/x-raw,format=I420,width={w},height={h},framerate=30/1 ! {encoder} ! \
-                 filesink location={file}"
-            )));
-            format!("filesrc location={file} ! {decoder}")
-        }
+        Some((encoder, decoder)) => format!(
+            "{} ! {decoder}",
+            encoded_source(&format!("vm_pinned-{w}x{h}"), &caps, encoder, frames)
+        ),
         None => format!(
-            "videotestsrc num-buffers={frames} pattern=ball ! \
-             video/x-raw,format=I420,width={w},height={h},framerate=30/1 ! {decoder}"
+            "videotestsrc num-buffers={frames} pattern=ball ! {caps},framerate=30/1 ! {decoder}"
         ),
     };
-    let reference = frame_checksums(&format!("{src} ! appsink name=out sync=false"));
-    assert_eq!(reference.len(), frames, "{decoder}");
-    let pipeline = launch(&format!(
-        "{src} ! vmemexport name=v {props} ! tee name=t ! queue max-size-buffers=2 ! \
-         dmabufsink name=s drm-device=driver:vkms t. ! queue max-size-buffers=2 ! \
-         appsink name=out sync=false"
-    ));
-    let sums = checksums_on_arrival(&pipeline, "out", exported_by(&["vmemexp", "udmabuf"]));
-    run(&pipeline);
-    let v = element(&pipeline, "v");
-    let stats = v.property::<gst::Structure>("stats");
-    eprintln!("{decoder} {w}x{h} {props}: {stats}");
-    assert_eq!(stat(&v, "frames"), frames as u64, "{decoder}: {stats}");
-    assert_eq!(stat(&v, "copies"), 0, "{decoder}: {stats}");
-    let sums: Result<Vec<u64>, String> = sums.lock().unwrap().iter().cloned().collect();
-    assert_eq!(
-        sums.unwrap(),
-        reference,
-        "{decoder}: the decoder's pixels, through the dma-buf"
-    );
-    let s = element(&pipeline, "s");
-    assert_eq!(stat(&s, "frames"), frames as u64);
-    assert_eq!(
-        stat(&s, "imported"),
-        stat(&v, "exported"),
-        "{decoder}: PRIME import once per dma-buf"
-    );
+    let v = play_through_vmemexport(&src, props, &["vmemexp", "udmabuf"], frames);
+    assert_eq!(stat(&v, "copies"), 0, "{decoder}");
     v
 }
 

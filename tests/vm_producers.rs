@@ -13,42 +13,18 @@ use gst::prelude::*;
 /// kept short for that), never one per frame.
 const MAX_EXPORTS: u64 = 16;
 
-/// `encoder` runs once into a file; `decoder` decodes it with and without vmemexport. Returns
-/// vmemexport's stats after checking the pixels (through each frame's dma-buf) and that
-/// dmabufsink on vkms imported every export once.
+/// `encoder` runs once into a file; `decoder` decodes it with and without vmemexport (see
+/// [`play_through_vmemexport`]). Returns vmemexport's stats.
 fn decode(encoder: &str, decoder: &str, caps: &str, frames: usize) -> gst::Structure {
-    let file = std::env::temp_dir().join(format!(
-        "vm_producers-{}.bin",
+    let tag = format!(
+        "vm_producers-{}",
         decoder.split_whitespace().last().unwrap()
-    ));
-    let file = file.display();
-    run(&launch(&format!(
-        "videotestsrc num-buffers={frames} pattern=ball ! {caps},framerate=30/1 ! {encoder} ! \
-         filesink location={file}"
-    )));
-    let src = format!("filesrc location={file} ! {decoder}");
-    let reference = frame_checksums(&format!("{src} ! appsink name=out sync=false"));
-    assert_eq!(reference.len(), frames, "{decoder}: reference frames");
-    let pipeline = launch(&format!(
-        "{src} ! vmemexport name=v ! tee name=t ! queue max-size-buffers=2 ! dmabufsink name=s \
-         drm-device=driver:vkms t. ! queue max-size-buffers=2 ! appsink name=out sync=false"
-    ));
-    let sums = checksums_on_arrival(&pipeline, "out", exported_by(&["udmabuf"]));
-    run(&pipeline);
-    let v = element(&pipeline, "v");
-    let stats = v.property::<gst::Structure>("stats");
-    eprintln!("{decoder} ({caps}): {stats}");
-    assert_eq!(stat(&v, "frames"), frames as u64, "{decoder}: {stats}");
-    let sums: Result<Vec<u64>, String> = sums.lock().unwrap().iter().cloned().collect();
-    assert_eq!(sums.unwrap(), reference, "{decoder}: the decoder's pixels");
-    let s = element(&pipeline, "s");
-    assert_eq!(stat(&s, "frames"), frames as u64);
-    assert_eq!(
-        stat(&s, "imported"),
-        stat(&v, "exported"),
-        "{decoder}: PRIME import once per dma-buf"
     );
-    stats
+    let src = format!(
+        "{} ! {decoder}",
+        encoded_source(&tag, caps, encoder, frames)
+    );
+    play_through_vmemexport(&src, "", &["udmabuf"], frames).property::<gst::Structure>("stats")
 }
 
 fn assert_zero_copy(stats: &gst::Structure, what: &str) {

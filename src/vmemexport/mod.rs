@@ -23,11 +23,14 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod cache;
+mod caps;
 mod downstream;
 mod export;
 mod imp;
 mod layout;
 pub mod memfd_allocator;
+mod release;
 mod stats;
 
 pub use memfd_allocator::MemfdAllocator;

@@ -11,6 +11,12 @@ use std::time::Duration;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
+// The one pipeline runner, shared with the examples' drivers (demo, bench, soak).
+#[path = "../../examples/driver/pipeline.rs"]
+mod pipeline;
+#[allow(unused_imports)] // each binary uses its own subset
+pub use pipeline::{RunResult, launch, run, run_for};
+
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -23,72 +29,6 @@ pub fn init() {
 pub fn gst_version() -> (u32, u32) {
     let (major, minor, _, _) = gst::version();
     (major, minor)
-}
-
-pub fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("cannot build '{desc}': {e}"))
-        .downcast()
-        .unwrap()
-}
-
-/// What a pipeline run posted besides EOS.
-#[derive(Debug, Default)]
-pub struct RunResult {
-    pub warnings: Vec<String>,
-    pub error: Option<String>,
-}
-
-/// Plays `pipeline` to EOS (or an error), then sets it to NULL. Panics after `timeout`.
-pub fn run_for(pipeline: &gst::Pipeline, timeout: Duration) -> RunResult {
-    let bus = pipeline.bus().unwrap();
-    let mut result = RunResult::default();
-    if pipeline.set_state(gst::State::Playing).is_err() {
-        // The error message on the bus says why.
-        result.error = Some("state change to PLAYING failed".into());
-    }
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "pipeline did not finish within {timeout:?}"
-        );
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64))
-        else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => {
-                result.error = Some(format!(
-                    "{}: {} ({})",
-                    e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                    e.error(),
-                    e.debug().map(|d| d.to_string()).unwrap_or_default()
-                ));
-                break;
-            }
-            gst::MessageView::Warning(w) => result.warnings.push(format!(
-                "{}: {} ({})",
-                w.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                w.error(),
-                w.debug().map(|d| d.to_string()).unwrap_or_default()
-            )),
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    result
-}
-
-/// Plays `pipeline` to EOS and panics on any error.
-pub fn run(pipeline: &gst::Pipeline) -> RunResult {
-    let result = run_for(pipeline, Duration::from_secs(300));
-    if let Some(e) = &result.error {
-        panic!("pipeline failed: {e}");
-    }
-    result
 }
 
 pub fn element(pipeline: &gst::Pipeline, name: &str) -> gst::Element {
@@ -292,6 +232,57 @@ pub fn exported_by(
             other => Err(format!("a frame exported by {other:?}")),
         }
     }
+}
+
+/// Encodes `frames` of videotestsrc's ball in `caps` with `encoder` into a file named after
+/// `tag`, once; the `filesrc` that plays it back.
+pub fn encoded_source(tag: &str, caps: &str, encoder: &str, frames: usize) -> String {
+    let file = std::env::temp_dir().join(format!("{tag}.bin"));
+    let file = file.display();
+    run(&launch(&format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {caps},framerate=30/1 ! {encoder} ! \
+         filesink location={file}"
+    )));
+    format!("filesrc location={file}")
+}
+
+/// Plays `src` (a producer's description) without vmemexport, then through `vmemexport {props}`
+/// into dmabufsink on vkms and an appsink. Checks that all `frames` arrived, each as a dma-buf
+/// exported by one of `exporters` with the producer's own pixels, and that dmabufsink
+/// PRIME-imported each export once. Returns vmemexport, for its stats.
+pub fn play_through_vmemexport(
+    src: &str,
+    props: &str,
+    exporters: &'static [&'static str],
+    frames: usize,
+) -> gst::Element {
+    let reference = frame_checksums(&format!("{src} ! appsink name=out sync=false"));
+    assert_eq!(reference.len(), frames, "{src}: frames without vmemexport");
+    let pipeline = launch(&format!(
+        "{src} ! vmemexport name=v {props} ! tee name=t ! queue max-size-buffers=2 ! \
+         dmabufsink name=s drm-device=driver:vkms t. ! queue max-size-buffers=2 ! \
+         appsink name=out sync=false"
+    ));
+    let sums = checksums_on_arrival(&pipeline, "out", exported_by(exporters));
+    run(&pipeline);
+    let v = element(&pipeline, "v");
+    let stats = v.property::<gst::Structure>("stats");
+    eprintln!("{src} ! vmemexport {props}: {stats}");
+    assert_eq!(stat(&v, "frames"), frames as u64, "{src}: {stats}");
+    let sums: Result<Vec<u64>, String> = sums.lock().unwrap().iter().cloned().collect();
+    assert_eq!(
+        sums.unwrap(),
+        reference,
+        "{src}: the producer's pixels, through the dma-buf"
+    );
+    let s = element(&pipeline, "s");
+    assert_eq!(stat(&s, "frames"), frames as u64);
+    assert_eq!(
+        stat(&s, "imported"),
+        stat(&v, "exported"),
+        "{src}: PRIME import once per dma-buf"
+    );
+    v
 }
 
 /// Plays `desc` (ending in `appsink name=out`) to EOS; what the appsink received.

@@ -12,6 +12,9 @@ use gstvmem::kernel::{DrmNode, DrmUse};
 
 use super::LogCapture;
 
+#[path = "../../examples/driver/scanout.rs"]
+mod scanout;
+
 /// weston took 8-40 s to create its socket under TCG; be generous, a loaded host is slower.
 pub const COMPOSITOR_START: Duration = Duration::from_secs(180);
 const SOCKET: &str = "wayland-vmem";
@@ -163,11 +166,9 @@ impl Drop for Weston {
 }
 
 /// The vkms screen, read back through its CRTC's framebuffer (what weston composited).
-fn screen() -> gstvmem::kernel::Scanout {
-    DrmNode::open_driver("vkms", DrmUse::Kms)
-        .expect("the vkms DRM device")
-        .read_scanout()
-        .expect("read the vkms scanout")
+fn screen() -> scanout::Scanout {
+    let vkms = DrmNode::open_driver("vkms", DrmUse::Kms).expect("the vkms DRM device");
+    scanout::read_scanout(&vkms).expect("read the vkms scanout")
 }
 
 /// What waylandsink's own log says about its wl_buffers (1.26-1.28 wording): buffers created
