@@ -258,12 +258,21 @@ fn into_fwht(row: &str, producer: &str, frames: usize, expect: Expect) {
 
 fn decoded_into_fwht(row: &str, codec: &Codec, expect: Expect) {
     init();
-    into_fwht(
-        &format!("{row} 1280x720"),
-        &decoding(codec, (1280, 720), FRAMES_720),
-        FRAMES_720,
-        expect,
-    );
+    let producer = decoding(codec, (1280, 720), FRAMES_720);
+    // 1.22's v4l2fwhtenc refuses some decoders' caps (jpegdec, theoradec, openh264dec: not
+    // negotiated) without vmemexport as much as with it; their frames go to the display then.
+    if gst_version() < (1, 26) {
+        let alone = launch(&format!("{producer} ! v4l2fwhtenc ! fakesink"));
+        if let Some(e) = run_for(&alone, Duration::from_secs(300)).error {
+            eprintln!(
+                "matrix: {row} -> v4l2fwhtenc: does not negotiate without vmemexport either \
+                 ({e}); into kmssink instead"
+            );
+            decoded_into_kmssink(row, codec, (640, 480));
+            return;
+        }
+    }
+    into_fwht(&format!("{row} 1280x720"), &producer, FRAMES_720, expect);
 }
 
 /// `producer ! vmemexport ! waylandsink` on a fresh weston (1.26 and 1.28; decided by
