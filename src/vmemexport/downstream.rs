@@ -21,9 +21,10 @@ const FORWARDERS: &[&str] = &[
 const MAX_HOPS: usize = 32;
 
 /// The first element downstream of `src` that reads a dma-buf from its first byte whatever
-/// the memory's offset: GStreamer's V4L2 elements with the single-planar API
-/// (`gst_v4l2_allocator_import_dmabuf` asserts a zero offset). The V4L2 elements cannot be
-/// asked which API their device uses, so every V4L2 element counts.
+/// the memory's offset, in the natural layout whatever the VideoMeta: GStreamer's V4L2
+/// elements with the single-planar API (`gst_v4l2_allocator_import_dmabuf` asserts a zero
+/// offset; the driver finds the planes from bytesperline and height). The V4L2 elements cannot
+/// be asked which API their device uses, so every V4L2 element counts.
 pub fn zero_offset_consumer(src: &gst::Pad) -> Option<String> {
     let mut todo: Vec<(gst::Pad, usize)> = src.peer().into_iter().map(|p| (p, 0)).collect();
     while let Some((pad, hops)) = todo.pop() {

@@ -25,10 +25,11 @@ pub enum CopyReason {
     Udmabuf,
     NoExporter,
     Metadata,
+    Layout,
 }
 
 impl CopyReason {
-    pub const ALL: [CopyReason; 7] = [
+    pub const ALL: [CopyReason; 8] = [
         CopyReason::MemoryCount,
         CopyReason::ForeignMemory,
         CopyReason::PinRefused,
@@ -36,6 +37,7 @@ impl CopyReason {
         CopyReason::Udmabuf,
         CopyReason::NoExporter,
         CopyReason::Metadata,
+        CopyReason::Layout,
     ];
 
     pub fn nick(self) -> &'static str {
@@ -47,6 +49,7 @@ impl CopyReason {
             CopyReason::Udmabuf => "udmabuf",
             CopyReason::NoExporter => "no-exporter",
             CopyReason::Metadata => "metadata",
+            CopyReason::Layout => "layout",
         }
     }
 }
@@ -69,6 +72,13 @@ pub enum Refusal {
     NoExporter,
     /// The frame's metas or timestamps could not be carried over to the output buffer.
     Metadata(String),
+    /// Downstream reads frames in the natural layout (single-planar V4L2), and this one's
+    /// planes are elsewhere.
+    Layout {
+        consumer: String,
+        layout: String,
+        natural: String,
+    },
 }
 
 impl Refusal {
@@ -81,6 +91,7 @@ impl Refusal {
             Refusal::Udmabuf(_) => CopyReason::Udmabuf,
             Refusal::NoExporter => CopyReason::NoExporter,
             Refusal::Metadata(_) => CopyReason::Metadata,
+            Refusal::Layout { .. } => CopyReason::Layout,
         }
     }
 }
@@ -111,6 +122,16 @@ impl std::fmt::Display for Refusal {
             Refusal::Metadata(why) => {
                 write!(f, "the frame's metadata cannot be carried over: {why}")
             }
+            Refusal::Layout {
+                consumer,
+                layout,
+                natural,
+            } => write!(
+                f,
+                "{consumer} reads frames in their natural layout ({natural}: single-planar V4L2 \
+                 finds the planes from bytesperline and height), and this frame has {layout}; \
+                 frames written into the pool vmemexport proposes have the natural layout"
+            ),
         }
     }
 }

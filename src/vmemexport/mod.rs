@@ -29,6 +29,7 @@ mod caps;
 mod downstream;
 mod export;
 mod imp;
+mod layout;
 pub mod memfd_allocator;
 mod release;
 mod stats;

@@ -3,6 +3,8 @@
 //! stats, capturing GStreamer's log, and comparing frames by content.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod weston;
+
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 

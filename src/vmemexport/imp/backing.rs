@@ -33,6 +33,8 @@ pub(super) struct State {
     /// on every renegotiation (avdec_h264 at sizes it pads: every frame); a new pool each time
     /// would give every frame new memory, hence a new export that importers cannot cache.
     pub(super) proposed: Option<(gst::Caps, gst::BufferPool, gst::Allocator)>,
+    /// The consumer downstream the proposed pool keeps the natural layout for, if any.
+    pub(super) natural_for: Option<String>,
     /// Every memfd allocator made for this run: each keeps released memories for reuse until
     /// flushed at stop.
     pub(super) allocators: Vec<MemfdAllocator>,
@@ -119,6 +121,7 @@ impl VmemExport {
             zero_offset_for: None,
             warned: HashSet::new(),
             proposed: None,
+            natural_for: None,
             allocators: Vec::new(),
         })
     }

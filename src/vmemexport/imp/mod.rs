@@ -23,6 +23,7 @@ use super::Backing;
 use super::backend::Devices;
 use super::caps;
 use super::downstream;
+use super::layout;
 use super::stats::Stats;
 use crate::formats::{self, CapsKind};
 
@@ -393,6 +394,9 @@ impl BaseTransformImpl for VmemExport {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
             return Ok(());
         }
+        // Downstream is linked by now: a consumer that needs the natural layout gets a pool
+        // upstream cannot pad (layout.rs).
+        let natural_for = downstream::zero_offset_consumer(self.obj().src_pad());
         let mut state = self.state.lock().unwrap();
         let state = state
             .as_mut()
@@ -402,7 +406,7 @@ impl BaseTransformImpl for VmemExport {
         let reused = state
             .proposed
             .as_ref()
-            .filter(|(proposed, _, _)| *proposed == caps)
+            .filter(|(proposed, _, _)| *proposed == caps && state.natural_for == natural_for)
             .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
         let Some(allocator) = reused
             .as_ref()
@@ -434,22 +438,31 @@ impl BaseTransformImpl for VmemExport {
                 // own configuration again, which GstBufferPool accepts even while active.
                 Some((pool, _)) => pool,
                 None => {
-                    let pool = self
-                        .make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS)
-                        .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
+                    let pool = match &natural_for {
+                        Some(_) => layout::natural_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
+                        None => self.make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
+                    }
+                    .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
                     state.proposed = Some((caps.clone(), pool.clone(), allocator.clone()));
+                    state.natural_for = natural_for.clone();
                     pool
                 }
             };
             query.add_allocation_pool(Some(&pool), info.size() as u32, MIN_POOL_BUFFERS, 0);
         }
         query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
-        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        // A decoder told that downstream reads VideoMeta pushes its own padded frames when the
+        // pool takes no alignment (avdec_* reuses its internal pool); without it, it copies
+        // them into the pool in the natural layout.
+        if natural_for.is_none() {
+            query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        }
         gst::debug!(
             CAT,
             imp = self,
-            "proposed {:?} pool for {caps}",
-            state.backing
+            "proposed {:?} pool for {caps}, natural layout for {}",
+            state.backing,
+            natural_for.as_deref().unwrap_or("nobody")
         );
         Ok(())
     }

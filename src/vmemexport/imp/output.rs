@@ -14,6 +14,7 @@ use super::{CAT, Notices, Settings, VmemExport};
 use crate::frame::FrameLayout;
 use crate::kernel::{self, SyncAccess};
 use crate::vmemexport::export::{Exporter, Outcome, Refusal};
+use crate::vmemexport::layout;
 use crate::vmemexport::stats::Stats;
 
 /// What turning one frame into dma-buf memory needs, taken from the state in one lock.
@@ -34,6 +35,11 @@ impl VmemExport {
         timing: &gst::BufferRef,
         stats: &mut Stats,
     ) -> Result<gst::Buffer, Refusal> {
+        if let (Some(consumer), Some(info)) = (&target.zero_offset_for, &target.info)
+            && let Some(refusal) = layout::natural_layout_refusal(source, info, consumer)
+        {
+            return Err(refusal);
+        }
         let (dmabuf, outcome) = target
             .exporter
             .dmabuf_of(source, target.zero_offset_for.as_deref())?;
