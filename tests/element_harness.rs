@@ -643,7 +643,8 @@ fn stats_add_up_and_list_every_documented_field() {
             "needs-zero-offset",
             "udmabuf",
             "no-exporter",
-            "metadata"
+            "metadata",
+            "layout"
         ]
     );
     let total: u64 = reason_names
