@@ -18,6 +18,8 @@ use super::downstream;
 use super::export::{CopyReason, Exporter, Outcome, Refusal};
 use super::memfd_allocator::MemfdAllocator;
 use super::stats::Stats;
+use super::udmabuf_allocator::UdmabufAllocator;
+use super::upstream;
 use crate::formats::{self, CapsKind};
 use crate::heapalloc::DmaHeapAllocator;
 use crate::kernel::{self, SyncAccess, Udmabuf, Vmemexp};
@@ -223,11 +225,30 @@ impl VmemExport {
         Ok(pool.upcast())
     }
 
-    /// The allocator whose memory leaves without a copy for this backing.
-    fn zero_copy_allocator(&self, state: &mut State) -> Option<gst::Allocator> {
-        match state.backing {
-            Backing::Heap => state.heap_allocator.clone().map(|a| a.upcast()),
-            _ => Some(self.memfd_allocator(state).upcast()),
+    /// The allocator whose memory leaves without a copy for this backing; dma-bufs already
+    /// when upstream `importer` hands the buffers' fds to a device.
+    fn zero_copy_allocator(
+        &self,
+        state: &mut State,
+        importer: Option<&str>,
+    ) -> Option<gst::Allocator> {
+        match (state.backing, importer) {
+            (Backing::Heap, _) => state.heap_allocator.clone().map(|a| a.upcast()),
+            (_, Some(importer)) => match UdmabufAllocator::for_element(self.obj().upcast_ref()) {
+                Ok(a) => {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "{importer} imports dma-bufs: proposing udmabuf exports"
+                    );
+                    Some(a.upcast())
+                }
+                Err(e) => {
+                    gst::warning!(CAT, imp = self, "no udmabuf for {importer}: {e}");
+                    Some(self.memfd_allocator(state).upcast())
+                }
+            },
+            (_, None) => Some(self.memfd_allocator(state).upcast()),
         }
     }
 
@@ -840,21 +861,23 @@ impl BaseTransformImpl for VmemExport {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
             return Ok(());
         }
+        let importer = upstream::dmabuf_importer(self.obj().sink_pad());
         let mut state = self.state.lock().unwrap();
         let state = state
             .as_mut()
             .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+        let dmabufs = importer.is_some() && state.backing != Backing::Heap;
         // The allocator of the pool proposed for these caps, so that the configuration a
         // decoder sets again on that pool is the one it set before.
         let reused = state
             .proposed
             .as_ref()
-            .filter(|(proposed, _, _)| *proposed == caps)
+            .filter(|(proposed, _, a)| *proposed == caps && a.is::<UdmabufAllocator>() == dmabufs)
             .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
         let Some(allocator) = reused
             .as_ref()
             .map(|(_, a)| a.clone())
-            .or_else(|| self.zero_copy_allocator(state))
+            .or_else(|| self.zero_copy_allocator(state, importer.as_deref()))
         else {
             return Ok(());
         };
@@ -975,9 +998,7 @@ impl BaseTransformImpl for VmemExport {
                 .is_some_and(|b| crate::memory::is_all_dmabuf(&b))
             && let Some(buffer) = self.take_queued_buffer()
         {
-            let mut stats = self.stats.lock().unwrap();
-            stats.frames += 1;
-            stats.passthrough += 1;
+            self.stats.lock().unwrap().count_dmabuf_frame(&buffer);
             return Ok(GenerateOutputSuccess::Buffer(buffer));
         }
         self.parent_generate_output()

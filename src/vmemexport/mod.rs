@@ -28,8 +28,11 @@ mod export;
 mod imp;
 pub mod memfd_allocator;
 mod stats;
+pub mod udmabuf_allocator;
+mod upstream;
 
 pub use memfd_allocator::MemfdAllocator;
+pub use udmabuf_allocator::UdmabufAllocator;
 
 glib::wrapper! {
     pub struct VmemExport(ObjectSubclass<imp::VmemExport>)
