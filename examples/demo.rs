@@ -18,7 +18,7 @@ struct Observed {
     caps: BTreeMap<String, String>,
     shown: u64,
     encoded: u64,
-    snapshot: Option<gstvmem::kernel::Scanout>,
+    snapshot: Option<driver::scanout::Scanout>,
 }
 
 fn run(desc: &str, snapshot_at: u64) -> (Observed, gst::Pipeline) {
@@ -49,8 +49,7 @@ fn run(desc: &str, snapshot_at: u64) -> (Observed, gst::Pipeline) {
                                 gstvmem::kernel::DrmUse::Kms,
                             )
                             .unwrap();
-                            o.snapshot = node
-                                .read_scanout()
+                            o.snapshot = driver::scanout::read_scanout(&node)
                                 .map_err(|e| eprintln!("snapshot: {e}"))
                                 .ok();
                         }
@@ -66,7 +65,7 @@ fn run(desc: &str, snapshot_at: u64) -> (Observed, gst::Pipeline) {
     (o, pipeline)
 }
 
-fn save_png(s: &gstvmem::kernel::Scanout, path: &std::path::Path) -> std::io::Result<()> {
+fn save_png(s: &driver::scanout::Scanout, path: &std::path::Path) -> std::io::Result<()> {
     let mut rgb = Vec::with_capacity((s.width * s.height * 3) as usize);
     for row in s.pixels.chunks(s.pitch as usize).take(s.height as usize) {
         for px in row[..(s.width * 4) as usize].chunks(4) {

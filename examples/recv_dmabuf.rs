@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut buf = [0u8; 8];
     let (_, fds) = kernel::recv_with_fds(&socket, &mut buf, rustix::net::RecvFlags::empty())?;
     let fd = fds.first().ok_or("no fd received")?;
-    let sum = kernel::read_dmabuf(fd.as_fd(), len, protocol::checksum)?;
+    let sum = kernel::read_dmabuf(kernel::DmaBuf::new(fd.as_fd())?, len, protocol::checksum)?;
     println!("checksum {sum}");
     Ok(())
 }

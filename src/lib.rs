@@ -5,6 +5,7 @@ use gst::glib;
 
 pub mod dmabufsink;
 pub mod formats;
+mod frame;
 pub mod heapalloc;
 pub mod kernel;
 pub mod memory;

@@ -6,6 +6,8 @@
 //! userland is the host's own root, which has none).
 
 mod common;
+#[path = "../examples/driver/scanout.rs"]
+mod scanout;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -316,11 +318,9 @@ impl Drop for Weston {
 }
 
 /// The vkms screen, read back through its CRTC's framebuffer (what weston composited).
-fn screen() -> gstvmem::kernel::Scanout {
-    DrmNode::open_driver("vkms", DrmUse::Kms)
-        .expect("the vkms DRM device")
-        .read_scanout()
-        .expect("read the vkms scanout")
+fn screen() -> scanout::Scanout {
+    let vkms = DrmNode::open_driver("vkms", DrmUse::Kms).expect("the vkms DRM device");
+    scanout::read_scanout(&vkms).expect("read the vkms scanout")
 }
 
 /// What waylandsink's own log says about its wl_buffers (1.26-1.28 wording): buffers created

@@ -13,7 +13,7 @@ use gstvmem::kernel::{self, Mapping, SyncAccess};
 
 const CMA: &str = "reserved"; // the testbed's CMA heap, from cma=128M
 
-fn dmabuf_fd(mem: &gst::MemoryRef) -> BorrowedFd<'_> {
+fn dmabuf_fd(mem: &gst::MemoryRef) -> kernel::DmaBuf<'_> {
     gstvmem::memory::dmabuf_fd(mem).expect("dma-buf memory")
 }
 
@@ -50,7 +50,7 @@ fn system_and_cma_memory_is_shared_bytes() {
         );
         // A second, independent mapping of the same dma-buf sees the same bytes.
         // SAFETY: read with copy_out only.
-        let other = unsafe { Mapping::new(fd, 0, mem.maxsize(), false) }.unwrap();
+        let other = unsafe { Mapping::new(fd.fd(), 0, mem.maxsize(), false) }.unwrap();
         kernel::sync_start(fd, SyncAccess::Read).unwrap();
         let seen = other.copy_out(0, 100_000);
         assert!(
@@ -59,7 +59,11 @@ fn system_and_cma_memory_is_shared_bytes() {
         );
         kernel::sync_end(fd, SyncAccess::Read).unwrap();
         // And so does another process that receives the fd.
-        assert_eq!(checksum_in_child(fd, 100_000), checksum(&seen), "{heap}");
+        assert_eq!(
+            checksum_in_child(fd.fd(), 100_000),
+            checksum(&seen),
+            "{heap}"
+        );
     }
 }
 

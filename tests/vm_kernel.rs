@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use gstvmem::heapalloc::HeapSelection;
 use gstvmem::kernel::*;
 use rustix::fs::SealFlags;
 
@@ -25,7 +26,12 @@ fn filled_memfd(pages: u64, seed: u8) -> (Memfd, Mapping) {
     (memfd, map)
 }
 
-fn read_dmabuf(fd: BorrowedFd<'_>, len: u64) -> Vec<u8> {
+/// `fd` as a dma-buf, checked.
+fn as_dmabuf(fd: &OwnedFd) -> DmaBuf<'_> {
+    DmaBuf::new(fd.as_fd()).expect("a dma-buf")
+}
+
+fn read_dmabuf(fd: DmaBuf<'_>, len: u64) -> Vec<u8> {
     // SAFETY: read with copy_out only.
     let map = unsafe { Mapping::new(fd, 0, len as usize, false) }.unwrap();
     sync_start(fd, SyncAccess::Read).unwrap();
@@ -55,11 +61,11 @@ fn udmabuf_shares_the_memfd_pages() {
     let dmabuf = dev.create(memfd.as_fd(), 0, 4 * page()).unwrap();
     assert_cloexec(memfd.as_fd(), "memfd");
     assert_cloexec(dmabuf.as_fd(), "udmabuf dma-buf");
-    assert_eq!(dmabuf_size(dmabuf.as_fd()).unwrap(), 4 * page());
-    assert_eq!(read_dmabuf(dmabuf.as_fd(), 4 * page()), map.as_slice());
+    assert_eq!(dmabuf_size(as_dmabuf(&dmabuf)).unwrap(), 4 * page());
+    assert_eq!(read_dmabuf(as_dmabuf(&dmabuf), 4 * page()), map.as_slice());
     // Same pages, not a snapshot: a write after export is seen through the dma-buf.
     map.as_mut_slice()[page() as usize..][..5].copy_from_slice(b"hello");
-    let seen = read_dmabuf(dmabuf.as_fd(), 4 * page());
+    let seen = read_dmabuf(as_dmabuf(&dmabuf), 4 * page());
     assert_eq!(&seen[page() as usize..][..5], b"hello");
 }
 
@@ -70,7 +76,7 @@ fn udmabuf_exports_a_range_at_an_offset() {
     let dmabuf = udmabuf().create(memfd.as_fd(), page(), 2 * page()).unwrap();
     let p = page() as usize;
     assert_eq!(
-        read_dmabuf(dmabuf.as_fd(), 2 * page()),
+        read_dmabuf(as_dmabuf(&dmabuf), 2 * page()),
         &map.as_slice()[p..3 * p]
     );
 }
@@ -98,7 +104,7 @@ fn udmabuf_create_list_concatenates_ranges() {
     assert_cloexec(dmabuf.as_fd(), "udmabuf list dma-buf");
     let mut expected = map_a.as_slice()[p..3 * p].to_vec();
     expected.extend_from_slice(&map_b.as_slice()[..p]);
-    assert_eq!(read_dmabuf(dmabuf.as_fd(), 3 * page()), expected);
+    assert_eq!(read_dmabuf(as_dmabuf(&dmabuf), 3 * page()), expected);
 }
 
 #[test]
@@ -248,25 +254,27 @@ fn heaps_of_the_testbed_allocate_map_and_name() {
         let heap = Heap::open(name).unwrap();
         let fd: OwnedFd = heap.allocate(1 << 20).unwrap();
         assert_cloexec(fd.as_fd(), "heap dma-buf");
-        assert_eq!(dmabuf_size(fd.as_fd()).unwrap(), 1 << 20);
+        assert_eq!(dmabuf_size(as_dmabuf(&fd)).unwrap(), 1 << 20);
         // SAFETY: a fresh heap buffer that only this test maps.
         let mut map = unsafe { Mapping::new(&fd, 0, 1 << 20, true) }.unwrap();
-        sync_start(fd.as_fd(), SyncAccess::Write).unwrap();
+        sync_start(as_dmabuf(&fd), SyncAccess::Write).unwrap();
         map.as_mut_slice().fill(0x5a);
-        sync_end(fd.as_fd(), SyncAccess::Write).unwrap();
+        sync_end(as_dmabuf(&fd), SyncAccess::Write).unwrap();
         assert!(
-            read_dmabuf(fd.as_fd(), 1 << 20).iter().all(|&b| b == 0x5a),
+            read_dmabuf(as_dmabuf(&fd), 1 << 20)
+                .iter()
+                .all(|&b| b == 0x5a),
             "heap {name}"
         );
-        set_dmabuf_name(fd.as_fd(), &format!("test:{name}")).unwrap();
-        assert_eq!(dmabuf_name(fd.as_fd()).unwrap(), format!("test:{name}"));
+        set_dmabuf_name(as_dmabuf(&fd), &format!("test:{name}")).unwrap();
+        assert_eq!(dmabuf_name(as_dmabuf(&fd)).unwrap(), format!("test:{name}"));
     }
 }
 
 #[test]
 #[ignore = "needs the VM testbed"]
 fn auto_heap_selection_picks_the_cma_heap() {
-    let heap = Heap::select(&HeapSelection::Auto).unwrap();
+    let heap = Heap::open_first(&HeapSelection::Auto.candidates()).unwrap();
     assert_eq!(heap.name(), "reserved");
     assert!(heap.is_contiguous());
     let e = Heap::open("linux,cma").unwrap_err();
@@ -274,7 +282,7 @@ fn auto_heap_selection_picks_the_cma_heap() {
         e.to_string(),
         "heap 'linux,cma' not found; available: reserved, system"
     );
-    let heap = Heap::select(&HeapSelection::parse("linux,cma,system")).unwrap();
+    let heap = gstvmem::heapalloc::open_heap("linux,cma,system").unwrap();
     assert_eq!(heap.name(), "system");
 }
 
@@ -284,18 +292,18 @@ fn dma_buf_sync_brackets_cpu_access() {
     let (memfd, _map) = filled_memfd(1, 0);
     let dmabuf = udmabuf().create(memfd.as_fd(), 0, page()).unwrap();
     // udmabuf refuses an end without a begin (it has no mapping to sync yet).
-    let e = sync_end(dmabuf.as_fd(), SyncAccess::ReadWrite).unwrap_err();
+    let e = sync_end(as_dmabuf(&dmabuf), SyncAccess::ReadWrite).unwrap_err();
     assert_eq!(errno(&e), rustix::io::Errno::INVAL.raw_os_error());
     for access in [SyncAccess::Read, SyncAccess::Write, SyncAccess::ReadWrite] {
-        sync_start(dmabuf.as_fd(), access).unwrap();
-        sync_end(dmabuf.as_fd(), access).unwrap();
+        sync_start(as_dmabuf(&dmabuf), access).unwrap();
+        sync_end(as_dmabuf(&dmabuf), access).unwrap();
     }
-    set_dmabuf_name(dmabuf.as_fd(), "a-name-longer-than-the-kernel-keeps").unwrap();
+    set_dmabuf_name(as_dmabuf(&dmabuf), "a-name-longer-than-the-kernel-keeps").unwrap();
     assert_eq!(
-        dmabuf_name(dmabuf.as_fd()).unwrap(),
+        dmabuf_name(as_dmabuf(&dmabuf)).unwrap(),
         "a-name-longer-than-the-kernel-k"
     );
-    assert_eq!(dmabuf_name(memfd.as_fd()), None, "a memfd is no dma-buf");
+    assert!(DmaBuf::new(memfd.as_fd()).is_err(), "a memfd is no dma-buf");
 }
 
 #[test]
@@ -306,7 +314,7 @@ fn prime_import_into_vkms_and_vgem() {
     let size = u64::from(pitch * h);
     let (memfd, _map) = filled_memfd(size / page(), 9);
     let from_udmabuf = udmabuf().create(memfd.as_fd(), 0, size).unwrap();
-    let from_cma = Heap::select(&HeapSelection::Auto)
+    let from_cma = Heap::open_first(&HeapSelection::Auto.candidates())
         .unwrap()
         .allocate(size as usize)
         .unwrap();

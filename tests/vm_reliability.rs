@@ -36,7 +36,8 @@ fn memfd_mapped() -> bool {
 /// The checksum of `len` bytes at `offset` of a dma-buf, read through its own mapping.
 fn dmabuf_checksum(fd: &OwnedFd, offset: usize, len: usize) -> u64 {
     use std::os::fd::AsFd;
-    kernel::read_dmabuf(fd.as_fd(), offset + len, |b| checksum(&b[offset..])).unwrap()
+    let dmabuf = kernel::DmaBuf::new(fd.as_fd()).expect("a dma-buf");
+    kernel::read_dmabuf(dmabuf, offset + len, |b| checksum(&b[offset..])).unwrap()
 }
 
 /// Raw frame checksums of `pattern` at 64x48 BGRx, by PTS: what every path must deliver.
@@ -192,6 +193,7 @@ fn a_dmabuf_outlives_the_memory_it_was_exported_from() {
                 let mem = buf.peek_memory(0);
                 let fd = gstvmem::memory::dmabuf_fd(mem)
                     .unwrap()
+                    .fd()
                     .try_clone_to_owned()
                     .unwrap();
                 let sum = checksum(&buf.map_readable().unwrap());

@@ -14,14 +14,6 @@ use gstvmem::kernel::{self, Mapping, SyncAccess};
 const BGRX_VGA: &str = "video/x-raw,format=BGRx,width=640,height=480,framerate=30/1";
 const I420_720P: &str = "video/x-raw,format=I420,width=1280,height=720,framerate=30/1";
 
-fn fdinfo_field(fd: BorrowedFd<'_>, field: &str) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.trim().to_string())
-}
-
 /// Checks, for a buffer leaving vmemexport, that it is one dma-buf memory made by udmabuf and
 /// named after the element, whose pages are the ones upstream wrote: a byte written through
 /// the upstream memfd mapping is read back through the dma-buf mapping. Returns what is wrong
@@ -36,7 +28,7 @@ fn same_pages(buffer: &gst::BufferRef) -> Result<(), String> {
     let mem = buffer.peek_memory(0);
     let fd = gstvmem::memory::dmabuf_fd(mem).ok_or("not dma-buf memory")?;
     check(
-        fdinfo_field(fd, "exp_name").as_deref() == Some("udmabuf"),
+        kernel::dmabuf_exporter(fd).as_deref() == Some("udmabuf"),
         "not exported by udmabuf",
     )?;
     check(

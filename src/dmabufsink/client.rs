@@ -158,13 +158,13 @@ fn check_fds(info: &protocol::Frame, fds: &[OwnedFd]) -> io::Result<Vec<u64>> {
     let need = protocol::required_fd_sizes(info);
     let mut sizes = Vec::with_capacity(fds.len());
     for (i, fd) in fds.iter().enumerate() {
-        if !kernel::is_dmabuf(fd.as_fd()) {
+        let Ok(dmabuf) = kernel::DmaBuf::new(fd.as_fd()) else {
             return Err(invalid(format!(
                 "frame {}: fd {i} is not a dma-buf: refusing to map it",
                 info.frame_number
             )));
-        }
-        let size = kernel::dmabuf_size(fd.as_fd())?;
+        };
+        let size = kernel::dmabuf_size(dmabuf)?;
         if size < need[i] {
             return Err(invalid(format!(
                 "frame {}: dma-buf {i} has {size} bytes, but the frame's layout ({}x{}) needs {}",
@@ -186,7 +186,9 @@ impl ReceivedFrame {
             .ok_or_else(|| invalid("frame without fds".into()))?
             .as_fd();
         let len = usize::try_from(self.info.size).map_err(|_| invalid("size".into()))?;
-        Ok(kernel::read_dmabuf(fd, len, protocol::checksum)?)
+        // Checked to be a dma-buf on arrival (check_fds).
+        let dmabuf = kernel::DmaBuf::known(fd);
+        Ok(kernel::read_dmabuf(dmabuf, len, protocol::checksum)?)
     }
 }
 

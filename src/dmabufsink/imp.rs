@@ -16,6 +16,7 @@ use super::layout::{self, LayoutError, Plane};
 use super::protocol;
 use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
+use crate::frame::FrameLayout;
 use crate::kernel::{self, DrmNode, DrmUse, GemHandle};
 use crate::memory::dmabuf_fd;
 
@@ -160,7 +161,7 @@ impl DmabufSink {
             if state.imports.contains_key(&ino) {
                 continue;
             }
-            let handle = match node.prime_import(fd) {
+            let handle = match node.prime_import(fd.fd()) {
                 Ok(h) => h,
                 Err(e) => {
                     stats.import_failures += 1;
@@ -293,7 +294,7 @@ impl DmabufSink {
             let ino = rustix::fs::fstat(fd).map(|s| s.st_ino).unwrap_or(0);
             let index = inodes.iter().position(|&i| i == ino).unwrap_or_else(|| {
                 inodes.push(ino);
-                fds.push(fd);
+                fds.push(fd.fd());
                 inodes.len() - 1
             });
             frame.plane_fd[plane] = index as u8;
@@ -319,12 +320,9 @@ fn frame_layout(
     buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
 ) -> Result<Vec<Plane>, LayoutError> {
-    let (offsets, strides): (Vec<usize>, Vec<i32>) = match buffer.meta::<gst_video::VideoMeta>() {
-        Some(m) => (m.offset().to_vec(), m.stride().to_vec()),
-        None => (info.offset().to_vec(), info.stride().to_vec()),
-    };
+    let frame = FrameLayout::of(buffer, Some(info)).expect("caps are known");
     let sizes: Vec<usize> = buffer.iter_memories().map(|m| m.size()).collect();
-    layout::plane_layout(info, &offsets, &strides, &sizes)
+    layout::plane_layout(info, &frame.offsets, &frame.strides, &sizes)
 }
 
 #[glib::object_subclass]
@@ -521,14 +519,12 @@ impl BaseSinkImpl for DmabufSink {
             DrmUse::Import
         };
         let drm = match &settings.drm_device {
-            Some(spec) => Some(Arc::new(DrmNode::open_spec(spec, purpose).map_err(
-                |e| {
-                    gst::error_msg!(
-                        gst::ResourceError::OpenReadWrite,
-                        ("Cannot open DRM device {spec}: {e}")
-                    )
-                },
-            )?)),
+            Some(spec) => Some(Arc::new(open_drm_device(spec, purpose).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("Cannot open DRM device {spec}: {e}")
+                )
+            })?)),
             None => None,
         };
         let socket_group = match &settings.socket_group {
@@ -725,5 +721,14 @@ impl BaseSinkImpl for DmabufSink {
             self.log_server_events(&server);
         }
         Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+/// Opens the `drm-device` property's value: a path (taken as it is), or `driver:NAME` (the
+/// driver's first node for `purpose`, see [`DrmNode::open_driver`]).
+fn open_drm_device(spec: &str, purpose: DrmUse) -> kernel::Result<DrmNode> {
+    match spec.strip_prefix("driver:") {
+        Some(driver) => DrmNode::open_driver(driver, purpose),
+        None => DrmNode::open(std::path::Path::new(spec)),
     }
 }

@@ -8,7 +8,7 @@ use gst::subclass::prelude::*;
 use gst_allocators::subclass::prelude::*;
 use std::os::fd::AsFd;
 
-use crate::kernel::{self, Heap, HeapSelection};
+use crate::kernel::{self, Heap};
 use crate::memory;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -41,7 +41,7 @@ impl DmaHeapAllocator {
             return Ok(heap.clone());
         }
         let spec = state.spec.clone().unwrap_or_else(|| DEFAULT_HEAP.into());
-        let heap = Arc::new(Heap::select(&HeapSelection::parse(&spec))?);
+        let heap = Arc::new(super::open_heap(&spec)?);
         gst::info!(
             CAT,
             imp = self,
@@ -153,7 +153,10 @@ unsafe impl AllocatorImpl for DmaHeapAllocator {
                 let heap = self.heap()?;
                 let fd = heap.allocate(maxsize)?;
                 // Naming is a debugging aid: a kernel without it must not fail the allocation.
-                let _ = kernel::set_dmabuf_name(fd.as_fd(), &format!("heapalloc:{}", heap.name()));
+                let _ = kernel::set_dmabuf_name(
+                    kernel::DmaBuf::known(fd.as_fd()),
+                    &format!("heapalloc:{}", heap.name()),
+                );
                 Ok(fd)
             },
         )

@@ -19,6 +19,9 @@ use gst::subclass::prelude::ObjectSubclassIsExt;
 use crate::kernel;
 
 mod imp;
+mod selection;
+
+pub use selection::{HeapSelection, open_heap};
 
 glib::wrapper! {
     pub struct DmaHeapAllocator(ObjectSubclass<imp::DmaHeapAllocator>)

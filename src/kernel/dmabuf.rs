@@ -1,12 +1,52 @@
 // SPDX-License-Identifier: MPL-2.0
-//! dma-buf fds: CPU access bracketing (`DMA_BUF_IOCTL_SYNC`), names, sizes.
+//! dma-buf fds: CPU access bracketing (`DMA_BUF_IOCTL_SYNC`), names, sizes, fences.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use rustix::ioctl::{IntegerSetter, Opcode, Setter, opcode};
 
 use super::{Error, Result};
+
+/// A dma-buf fd, borrowed: what the sync, name and fence operations take, so that no other
+/// file (a memfd, a socket a peer passed) reaches them.
+#[derive(Debug, Clone, Copy)]
+pub struct DmaBuf<'fd>(BorrowedFd<'fd>);
+
+impl<'fd> DmaBuf<'fd> {
+    /// `fd` as a dma-buf, after checking that it is one: for fds from elsewhere (a socket
+    /// peer, a caller's OwnedFd).
+    pub fn new(fd: BorrowedFd<'fd>) -> Result<DmaBuf<'fd>> {
+        if is_dmabuf(fd) {
+            Ok(DmaBuf(fd))
+        } else {
+            Err(Error::Io {
+                op: "fstatfs (is this fd a dma-buf?)",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a dma-buf: its filesystem is not dmabuf",
+                ),
+            })
+        }
+    }
+
+    /// `fd` as a dma-buf without a check: for fds known to be dma-bufs (just returned by an
+    /// exporter's ioctl, or held by GStreamer's dma-buf memory).
+    pub fn known(fd: BorrowedFd<'fd>) -> DmaBuf<'fd> {
+        DmaBuf(fd)
+    }
+
+    /// The fd, for the length of the borrow it came from.
+    pub fn fd(self) -> BorrowedFd<'fd> {
+        self.0
+    }
+}
+
+impl AsFd for DmaBuf<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0
+    }
+}
 
 #[repr(C)]
 struct DmaBufSync {
@@ -74,14 +114,14 @@ fn sync(fd: BorrowedFd<'_>, flags: u64, deadline: Instant) -> Result<()> {
 
 /// Begins CPU access: caches are made coherent with what devices wrote. Devices still using
 /// the dma-buf get [`SYNC_TIMEOUT`] to finish.
-pub fn sync_start(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
+pub fn sync_start(fd: DmaBuf<'_>, access: SyncAccess) -> Result<()> {
     sync_start_within(fd, access, SYNC_TIMEOUT)
 }
 
 /// [`sync_start`] that waits at most `timeout` for devices (`Duration::ZERO`: not at all) and
 /// fails with [`Error::Busy`] if they have not finished. The kernel's own wait in
 /// `DMA_BUF_IOCTL_SYNC` has no timeout, so the fences are waited for here first.
-pub fn sync_start_within(fd: BorrowedFd<'_>, access: SyncAccess, timeout: Duration) -> Result<()> {
+pub fn sync_start_within(fd: DmaBuf<'_>, access: SyncAccess, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     // A reader waits for writers only; a writer for every access (the kernel's rule too).
     if !wait_fences(fd, access != SyncAccess::Read, timeout) {
@@ -90,13 +130,13 @@ pub fn sync_start_within(fd: BorrowedFd<'_>, access: SyncAccess, timeout: Durati
             waited_ms: timeout.as_millis() as u64,
         });
     }
-    sync(fd, DMA_BUF_SYNC_START | access.flags(), deadline)
+    sync(fd.0, DMA_BUF_SYNC_START | access.flags(), deadline)
 }
 
 /// Ends CPU access begun with [`sync_start`]: what the CPU wrote becomes visible to devices.
-pub fn sync_end(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
+pub fn sync_end(fd: DmaBuf<'_>, access: SyncAccess) -> Result<()> {
     sync(
-        fd,
+        fd.0,
         DMA_BUF_SYNC_END | access.flags(),
         Instant::now() + SYNC_TIMEOUT,
     )
@@ -105,7 +145,7 @@ pub fn sync_end(fd: BorrowedFd<'_>, access: SyncAccess) -> Result<()> {
 /// Reads the first `len` bytes of a dma-buf through a mapping of its own, bracketed by
 /// `DMA_BUF_IOCTL_SYNC` as the dma-buf API asks of CPU readers.
 /// The bytes are copied out first: others (the producer, devices) may write them meanwhile.
-pub fn read_dmabuf<R>(fd: BorrowedFd<'_>, len: usize, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
+pub fn read_dmabuf<R>(fd: DmaBuf<'_>, len: usize, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
     // SAFETY: no slice of the mapping is formed; it is read with `copy_out` only.
     let map = unsafe { super::Mapping::new(fd, 0, len, false)? };
     sync_start(fd, SyncAccess::Read)?;
@@ -123,7 +163,7 @@ pub fn is_dmabuf(fd: BorrowedFd<'_>) -> bool {
 }
 
 /// The dma-buf's size in bytes (dma-bufs answer `lseek(SEEK_END)`).
-pub fn dmabuf_size(fd: BorrowedFd<'_>) -> Result<u64> {
+pub fn dmabuf_size(fd: DmaBuf<'_>) -> Result<u64> {
     use rustix::fs::SeekFrom;
     let size = rustix::fs::seek(fd, SeekFrom::End(0)).map_err(|e| Error::Io {
         op: "lseek on dma-buf (is this fd a dma-buf?)",
@@ -135,7 +175,7 @@ pub fn dmabuf_size(fd: BorrowedFd<'_>) -> Result<u64> {
 
 /// Names the dma-buf, so it can be recognised in /sys/kernel/debug/dma_buf/bufinfo and in
 /// /proc/<pid>/fdinfo. Names are cut to the kernel's 31 bytes.
-pub fn set_dmabuf_name(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
+pub fn set_dmabuf_name(fd: DmaBuf<'_>, name: &str) -> Result<()> {
     let mut bytes: Vec<u8> = name
         .bytes()
         .filter(|&b| b != 0)
@@ -156,38 +196,40 @@ pub fn set_dmabuf_name(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
     })
 }
 
-/// The dma-buf's name as the kernel reports it in fdinfo ("" when unnamed), or `None` when the
-/// fd is not a dma-buf.
-pub fn dmabuf_name(fd: BorrowedFd<'_>) -> Option<String> {
+/// The value of `key` in the fd's `/proc/self/fdinfo` entry (`exp_name`, `name`, `size`, ...),
+/// or `None` when the entry has no such line.
+pub fn fdinfo_field(fd: BorrowedFd<'_>, key: &str) -> Option<String> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    // Only dma-bufs have an "exp_name:" line; "name:" follows it.
-    info.lines().find(|l| l.starts_with("exp_name:"))?;
-    Some(
-        info.lines()
-            .find_map(|l| l.strip_prefix("name:"))
-            .map(|n| n.trim().to_string())
-            .unwrap_or_default(),
-    )
+    info.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// The dma-buf's name as the kernel reports it in fdinfo ("" when unnamed), or `None` when
+/// fdinfo cannot be read.
+pub fn dmabuf_name(fd: DmaBuf<'_>) -> Option<String> {
+    // Only dma-bufs have an "exp_name:" line; "name:" follows it when the buffer has a name.
+    dmabuf_exporter(fd)?;
+    Some(fdinfo_field(fd.0, "name").unwrap_or_default())
 }
 
 /// The name of the driver that exported the dma-buf (fdinfo's `exp_name`: "udmabuf",
-/// "system", "vmemexp", ...), or `None` when the fd is not a dma-buf.
-pub fn dmabuf_exporter(fd: BorrowedFd<'_>) -> Option<String> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("exp_name:"))
-        .map(|n| n.trim().to_string())
+/// "system", "vmemexp", ...).
+pub fn dmabuf_exporter(fd: DmaBuf<'_>) -> Option<String> {
+    fdinfo_field(fd.0, "exp_name")
 }
 
 /// Waits until every device access to the dma-buf has finished (all fences of its reservation
 /// object signalled: `poll(POLLOUT)` on a dma-buf), at most `timeout`. Returns whether it is
 /// idle. Recycling pages before this could overwrite what a device is still reading.
-pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+pub fn wait_idle(fd: DmaBuf<'_>, timeout: Duration) -> bool {
     wait_fences(fd, true, timeout)
 }
 
 /// Waits at most `timeout` for the dma-buf's write fences (`all`: every fence) to signal.
-fn wait_fences(fd: BorrowedFd<'_>, all: bool, timeout: Duration) -> bool {
+fn wait_fences(fd: DmaBuf<'_>, all: bool, timeout: Duration) -> bool {
     let flags = if all {
         rustix::event::PollFlags::OUT
     } else {
@@ -198,12 +240,12 @@ fn wait_fences(fd: BorrowedFd<'_>, all: bool, timeout: Duration) -> bool {
 
 /// Which of `fds` are idle (every fence signalled), waiting at most `timeout` for at least one
 /// of them to become so; `Duration::ZERO` only looks.
-pub fn idle_dmabufs(fds: &[BorrowedFd<'_>], timeout: Duration) -> Vec<bool> {
+pub fn idle_dmabufs(fds: &[DmaBuf<'_>], timeout: Duration) -> Vec<bool> {
     poll_dmabufs(fds, rustix::event::PollFlags::OUT, timeout)
 }
 
 fn poll_dmabufs(
-    fds: &[BorrowedFd<'_>],
+    fds: &[DmaBuf<'_>],
     flags: rustix::event::PollFlags,
     timeout: Duration,
 ) -> Vec<bool> {

@@ -90,14 +90,6 @@ impl DrmNode {
         })
     }
 
-    /// Opens `spec`: a path (taken as it is), or `driver:NAME` (see [`DrmNode::open_driver`]).
-    pub fn open_spec(spec: &str, purpose: DrmUse) -> Result<DrmNode> {
-        match spec.strip_prefix("driver:") {
-            Some(driver) => DrmNode::open_driver(driver, purpose),
-            None => DrmNode::open(Path::new(spec)),
-        }
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -282,42 +274,7 @@ impl PlanarBuffer for Planes {
     }
 }
 
-/// What a CRTC is scanning out, read back from its framebuffer.
-#[derive(Debug, Clone)]
-pub struct Scanout {
-    pub width: u32,
-    pub height: u32,
-    /// DRM fourcc of the framebuffer.
-    pub fourcc: u32,
-    pub pitch: u32,
-    /// `pitch * height` bytes of plane 0.
-    pub pixels: Vec<u8>,
-}
-
 impl DrmNode {
-    /// Reads back the framebuffer the first active CRTC shows (GETFB2, then PRIME export of its
-    /// buffer and an mmap): what the display actually scans out. Needs CAP_SYS_ADMIN or DRM
-    /// master for GETFB2 to return buffer handles.
-    pub fn read_scanout(&self) -> Result<Scanout> {
-        let (dmabuf, info) = self.scanout_dmabuf()?;
-        let (width, height) = info.size();
-        let pitch = info.pitches()[0];
-        let offset = info.offsets()[0] as usize;
-        let len = offset + (pitch * height) as usize;
-        // SAFETY: no slice of the mapping is formed; it is read with `copy_out` only.
-        let map = unsafe { super::Mapping::new(&dmabuf, 0, len, false)? };
-        super::sync_start(dmabuf.as_fd(), super::SyncAccess::Read)?;
-        let pixels = map.copy_out(offset, len - offset);
-        super::sync_end(dmabuf.as_fd(), super::SyncAccess::Read)?;
-        Ok(Scanout {
-            width,
-            height,
-            fourcc: info.pixel_format() as u32,
-            pitch,
-            pixels,
-        })
-    }
-
     /// The buffer the first active CRTC shows, as a dma-buf (GETFB2, then PRIME export), with
     /// its framebuffer's layout. A framebuffer made from an imported dma-buf exports that very
     /// dma-buf again (same inode): what proves a display scans out the producer's pages.

@@ -2,8 +2,8 @@
 //! DMA-BUF heaps (`/dev/dma_heap/<name>`): system, CMA and vendor heaps.
 //!
 //! Allocation goes through the `dma-heap` crate (fd_flags `O_RDWR | O_CLOEXEC`, heap opened
-//! `O_RDONLY | O_CLOEXEC` as libcamera does); this module adds discovery, the selection policy
-//! and errors that list what exists.
+//! `O_RDONLY | O_CLOEXEC` as libcamera does); this module adds discovery and errors that list what
+//! exists.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -16,65 +16,6 @@ pub const HEAP_DIR: &str = "/dev/dma_heap";
 /// "reserved" when the area comes from a reserved-memory node or `cma=`, "default_cma_region"
 /// from Linux 6.17 on.
 pub const CMA_HEAP_NAMES: &[&str] = &["linux,cma", "reserved", "default_cma_region"];
-
-/// Which heap to allocate from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeapSelection {
-    /// A physically contiguous CMA heap if there is one, else `system`.
-    Auto,
-    /// The first of these names that exists.
-    Names(Vec<String>),
-}
-
-impl HeapSelection {
-    /// Parses `auto`, a heap name, or a comma-separated list of names in order of preference.
-    /// Heap names may themselves contain a comma ("linux,cma"): a pair of items that forms a
-    /// known or existing heap name is read as that name. `cma` stands for any CMA heap.
-    pub fn parse(spec: &str) -> HeapSelection {
-        let spec = spec.trim();
-        if spec.is_empty() || spec == "auto" {
-            return HeapSelection::Auto;
-        }
-        let known: Vec<String> = CMA_HEAP_NAMES
-            .iter()
-            .map(|s| s.to_string())
-            .chain(available_heaps())
-            .collect();
-        let items: Vec<&str> = spec.split(',').map(str::trim).collect();
-        let mut names = Vec::new();
-        let mut i = 0;
-        while i < items.len() {
-            if i + 1 < items.len() {
-                let joined = format!("{},{}", items[i], items[i + 1]);
-                if known.contains(&joined) {
-                    names.push(joined);
-                    i += 2;
-                    continue;
-                }
-            }
-            if items[i] == "cma" {
-                names.extend(CMA_HEAP_NAMES.iter().map(|s| s.to_string()));
-            } else if !items[i].is_empty() {
-                names.push(items[i].to_string());
-            }
-            i += 1;
-        }
-        HeapSelection::Names(names)
-    }
-
-    /// The heap names to try, in order.
-    pub fn candidates(&self) -> Vec<String> {
-        match self {
-            HeapSelection::Auto => CMA_HEAP_NAMES
-                .iter()
-                .copied()
-                .chain(["system"])
-                .map(str::to_string)
-                .collect(),
-            HeapSelection::Names(names) => names.clone(),
-        }
-    }
-}
 
 /// The heaps this system offers, sorted by name.
 pub fn available_heaps() -> Vec<String> {
@@ -132,10 +73,9 @@ impl Heap {
         })
     }
 
-    /// Opens the first heap of `selection` that exists.
-    pub fn select(selection: &HeapSelection) -> Result<Heap> {
-        let candidates = selection.candidates();
-        for name in &candidates {
+    /// Opens the first heap of `candidates` that exists.
+    pub fn open_first(candidates: &[String]) -> Result<Heap> {
+        for name in candidates {
             match Heap::open(name) {
                 Err(Error::HeapNotFound { .. }) => continue,
                 other => return other,
@@ -183,34 +123,5 @@ impl Heap {
                 },
                 other => other,
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selection_parses_names_with_commas() {
-        assert_eq!(HeapSelection::parse("auto"), HeapSelection::Auto);
-        assert_eq!(HeapSelection::parse(""), HeapSelection::Auto);
-        assert_eq!(
-            HeapSelection::parse("linux,cma,reserved,system"),
-            HeapSelection::Names(vec!["linux,cma".into(), "reserved".into(), "system".into()])
-        );
-        assert_eq!(
-            HeapSelection::parse("system"),
-            HeapSelection::Names(vec!["system".into()])
-        );
-        assert_eq!(
-            HeapSelection::parse("cma, system").candidates(),
-            ["linux,cma", "reserved", "default_cma_region", "system"]
-        );
-    }
-
-    #[test]
-    fn auto_prefers_contiguous_memory() {
-        assert_eq!(HeapSelection::Auto.candidates().last().unwrap(), "system");
-        assert_eq!(HeapSelection::Auto.candidates()[0], "linux,cma");
     }
 }

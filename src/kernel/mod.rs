@@ -20,12 +20,13 @@ use std::io;
 use std::path::PathBuf;
 
 pub use self::dmabuf::{
-    SYNC_TIMEOUT, SyncAccess, dmabuf_exporter, dmabuf_name, dmabuf_size, idle_dmabufs, is_dmabuf,
-    read_dmabuf, set_dmabuf_name, sync_end, sync_start, sync_start_within, wait_idle,
+    DmaBuf, SYNC_TIMEOUT, SyncAccess, dmabuf_exporter, dmabuf_name, dmabuf_size, fdinfo_field,
+    idle_dmabufs, is_dmabuf, read_dmabuf, set_dmabuf_name, sync_end, sync_start, sync_start_within,
+    wait_idle,
 };
-pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, Scanout, VgemFence};
+pub use self::drm::{DrmNode, DrmUse, FbPlane, GemHandle, VgemFence};
 pub use self::fdpass::{MAX_FDS, recv_with_fds, send_with_fds};
-pub use self::heap::{CMA_HEAP_NAMES, Heap, HeapSelection, available_heaps};
+pub use self::heap::{CMA_HEAP_NAMES, Heap, available_heaps};
 pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;
 pub use self::peer::{PeerCred, group_id, peer_credentials, peer_groups};

@@ -6,7 +6,7 @@
 //! read-write, `EOPNOTSUPP` device memory or page cache, `ENOMEM` usually `RLIMIT_MEMLOCK`,
 //! `EFAULT` a hole, `E2BIG` the module's `max_size_mb`.
 
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
 use rustix::io::Errno;
@@ -164,6 +164,6 @@ fn memlock_limit() -> Option<u64> {
 
 /// Whether `fd` could be a vmemexp export (for tests and diagnostics): its dma-buf exporter
 /// name, as fdinfo shows it, is the module's.
-pub fn is_vmemexp_dmabuf(fd: BorrowedFd<'_>) -> bool {
+pub fn is_vmemexp_dmabuf(fd: super::DmaBuf<'_>) -> bool {
     super::dmabuf_exporter(fd).is_some_and(|e| e == "vmemexp")
 }

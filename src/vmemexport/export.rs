@@ -184,7 +184,7 @@ impl Exporter {
             }),
             _ => Ok(()),
         };
-        if let Some(export) = memory::cached_export(mem) {
+        if let Some(export) = super::cache::cached_export(mem) {
             check_offset(export.offset())?;
             return Ok((export, Outcome::CacheHit));
         }
@@ -203,7 +203,7 @@ impl Exporter {
         let export = self
             .wrap(dmabuf, export_size as usize, mem.offset(), mem.size())
             .map_err(Refusal::Udmabuf)?;
-        memory::cache_export(mem, export.clone());
+        super::cache::cache_export(mem, export.clone());
         Ok((export, Outcome::Exported))
     }
 
@@ -259,7 +259,7 @@ impl Exporter {
         let export = self
             .wrap(dmabuf, end - first, offset, mem.size())
             .map_err(Refusal::Pin)?;
-        memory::cache_export(mem, export.clone());
+        super::cache::cache_export(mem, export.clone());
         Ok((export, Outcome::Pinned))
     }
 
@@ -272,7 +272,7 @@ impl Exporter {
         size: usize,
     ) -> Result<gst::Memory, String> {
         // A name is a debugging aid (debugfs, fdinfo); failing to set it changes nothing.
-        let _ = kernel::set_dmabuf_name(dmabuf.as_fd(), &self.name);
+        let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(dmabuf.as_fd()), &self.name);
         // SAFETY: the fd is a fresh dma-buf that the memory takes over.
         let mut export = unsafe { self.dmabuf_allocator.alloc_dmabuf(dmabuf, len) }
             .map_err(|e| e.to_string())?;

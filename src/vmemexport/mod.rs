@@ -23,10 +23,13 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod cache;
+mod caps;
 mod downstream;
 mod export;
 mod imp;
 pub mod memfd_allocator;
+mod release;
 mod stats;
 pub mod udmabuf_allocator;
 mod upstream;

@@ -156,7 +156,7 @@ mod imp {
                     memfd.add_seals(SealFlags::GROW)?;
                     let dmabuf = udmabuf.create(memfd.as_fd(), 0, maxsize as u64)?;
                     // A debugging aid (debugfs, fdinfo): failing to set it changes nothing.
-                    let _ = kernel::set_dmabuf_name(dmabuf.as_fd(), name);
+                    let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(dmabuf.as_fd()), name);
                     gst::debug!(CAT, imp = self, "exported a {maxsize}-byte memfd");
                     Ok(dmabuf)
                 },

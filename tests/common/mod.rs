@@ -9,6 +9,12 @@ use std::time::Duration;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
+// The one pipeline runner, shared with the examples' drivers (demo, bench, soak).
+#[path = "../../examples/driver/pipeline.rs"]
+mod pipeline;
+#[allow(unused_imports)] // each binary uses its own subset
+pub use pipeline::{RunResult, launch, run, run_for};
+
 pub fn init() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -21,72 +27,6 @@ pub fn init() {
 pub fn gst_version() -> (u32, u32) {
     let (major, minor, _, _) = gst::version();
     (major, minor)
-}
-
-pub fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("cannot build '{desc}': {e}"))
-        .downcast()
-        .unwrap()
-}
-
-/// What a pipeline run posted besides EOS.
-#[derive(Debug, Default)]
-pub struct RunResult {
-    pub warnings: Vec<String>,
-    pub error: Option<String>,
-}
-
-/// Plays `pipeline` to EOS (or an error), then sets it to NULL. Panics after `timeout`.
-pub fn run_for(pipeline: &gst::Pipeline, timeout: Duration) -> RunResult {
-    let bus = pipeline.bus().unwrap();
-    let mut result = RunResult::default();
-    if pipeline.set_state(gst::State::Playing).is_err() {
-        // The error message on the bus says why.
-        result.error = Some("state change to PLAYING failed".into());
-    }
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "pipeline did not finish within {timeout:?}"
-        );
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(left.as_millis() as u64))
-        else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => {
-                result.error = Some(format!(
-                    "{}: {} ({})",
-                    e.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                    e.error(),
-                    e.debug().map(|d| d.to_string()).unwrap_or_default()
-                ));
-                break;
-            }
-            gst::MessageView::Warning(w) => result.warnings.push(format!(
-                "{}: {} ({})",
-                w.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                w.error(),
-                w.debug().map(|d| d.to_string()).unwrap_or_default()
-            )),
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    result
-}
-
-/// Plays `pipeline` to EOS and panics on any error.
-pub fn run(pipeline: &gst::Pipeline) -> RunResult {
-    let result = run_for(pipeline, Duration::from_secs(300));
-    if let Some(e) = &result.error {
-        panic!("pipeline failed: {e}");
-    }
-    result
 }
 
 pub fn element(pipeline: &gst::Pipeline, name: &str) -> gst::Element {

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
+//! The element: properties, pads and the BaseTransform virtual methods. The work is split by
+//! concern: [`backing`] (what `start` opens, the pools proposed), [`output`] (each frame's pages
+//! as dma-buf memory) and [`copy`] (the counted fallback).
 
-use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::sync::{LazyLock, Mutex};
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,16 +14,18 @@ use gst_base::subclass::base_transform::{
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
+mod backing;
+mod copy;
+mod output;
+
+use self::backing::State;
 use super::Backing;
+use super::caps;
 use super::downstream;
-use super::export::{CopyReason, Exporter, Outcome, Refusal};
-use super::memfd_allocator::MemfdAllocator;
 use super::stats::Stats;
 use super::udmabuf_allocator::UdmabufAllocator;
 use super::upstream;
 use crate::formats::{self, CapsKind};
-use crate::heapalloc::DmaHeapAllocator;
-use crate::kernel::{self, SyncAccess, Udmabuf, Vmemexp};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -68,27 +71,6 @@ impl Default for Settings {
     }
 }
 
-/// What `start` resolved, and what the stream needs.
-struct State {
-    backing: Backing,
-    /// Shared with the streaming thread's work outside the state lock.
-    exporter: Arc<Exporter>,
-    heap_allocator: Option<DmaHeapAllocator>,
-    in_info: Option<gst_video::VideoInfo>,
-    /// Where frames are copied when they cannot leave as they are.
-    copy_pool: Option<gst::BufferPool>,
-    /// The consumer downstream that needs frames at offset 0 of their dma-buf, if any.
-    zero_offset_for: Option<String>,
-    warned: HashSet<CopyReason>,
-    /// The pool last proposed upstream and the caps it was proposed for. A decoder asks again
-    /// on every renegotiation (avdec_h264 at sizes it pads: every frame); a new pool each time
-    /// would give every frame new memory, hence a new export that importers cannot cache.
-    proposed: Option<(gst::Caps, gst::BufferPool, gst::Allocator)>,
-    /// Every memfd allocator made for this run: each keeps released memories for reuse until
-    /// flushed at stop.
-    allocators: Vec<MemfdAllocator>,
-}
-
 /// Messages for the bus, posted once no lock is held: an application's sync bus handler runs
 /// in the posting thread and may call back into the element (read `stats`, change state).
 #[derive(Default)]
@@ -107,14 +89,6 @@ impl Notices {
         }
     }
 }
-
-/// What turning one frame into dma-buf memory needs, taken from the state in one lock.
-struct Target {
-    exporter: Arc<Exporter>,
-    info: Option<gst_video::VideoInfo>,
-    zero_offset_for: Option<String>,
-}
-
 #[derive(Default)]
 pub struct VmemExport {
     settings: Mutex<Settings>,
@@ -125,450 +99,6 @@ pub struct VmemExport {
 impl VmemExport {
     fn settings(&self) -> Settings {
         self.settings.lock().unwrap().clone()
-    }
-
-    /// Resolves `backing` into what this run uses, with errors that say how to fix the system.
-    fn open_backing(&self, settings: &Settings) -> Result<State, gst::ErrorMessage> {
-        let name = format!("vmemexport:{}", self.obj().name());
-        // Why udmabuf is not used, for the error if no heap can stand in for it either.
-        let mut udmabuf_why = String::new();
-        let udmabuf = match settings.backing {
-            Backing::Heap => None,
-            Backing::Memfd | Backing::Auto => match Udmabuf::open() {
-                Ok(u) => Some(u),
-                Err(e) if settings.backing == Backing::Memfd => {
-                    return Err(gst::error_msg!(
-                        gst::ResourceError::OpenReadWrite,
-                        ("backing=memfd needs {}: {e}", kernel::UDMABUF_PATH)
-                    ));
-                }
-                Err(e) => {
-                    gst::info!(CAT, imp = self, "no udmabuf ({e}), trying dma-heaps");
-                    udmabuf_why = format!("{e}; and ");
-                    None
-                }
-            },
-        };
-        let backing = match (settings.backing, &udmabuf) {
-            (Backing::Heap, _) | (Backing::Auto, None) => Backing::Heap,
-            _ => Backing::Memfd,
-        };
-        // The heap is needed for backing=heap, and as the copy target for frames over udmabuf's
-        // size limit; only the former makes a missing heap fatal.
-        let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
-            Ok(a) => {
-                a.set_owner(&*self.obj());
-                Some(a)
-            }
-            Err(e) if backing == Backing::Heap => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::OpenReadWrite,
-                    ("No way to make dma-bufs: {udmabuf_why}{e}")
-                ));
-            }
-            Err(e) => {
-                gst::info!(CAT, imp = self, "no dma-heap for oversized frames: {e}");
-                None
-            }
-        };
-        gst::info!(
-            CAT,
-            imp = self,
-            "backing {backing:?}{}",
-            heap_allocator
-                .as_ref()
-                .and_then(|a| a.heap_name().ok())
-                .map(|h| format!(", heap {h}"))
-                .unwrap_or_default()
-        );
-        // Other system memory is exported in place when vmemexp is there (own pool first, then
-        // vmemexp, then a copy).
-        let vmemexp = if settings.pin_system_memory {
-            Vmemexp::open().map_err(|e| {
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "frames from other memory will be copied: {e}"
-                );
-                e.to_string()
-            })
-        } else {
-            Err("pin-system-memory=false".to_string())
-        };
-        Ok(State {
-            backing,
-            exporter: Arc::new(Exporter::new(udmabuf, vmemexp, name)),
-            heap_allocator,
-            in_info: None,
-            copy_pool: None,
-            zero_offset_for: None,
-            warned: HashSet::new(),
-            proposed: None,
-            allocators: Vec::new(),
-        })
-    }
-
-    /// A video pool of `info` frames whose memory comes from `allocator`, one memory per buffer.
-    fn make_pool(
-        &self,
-        allocator: &gst::Allocator,
-        caps: &gst::Caps,
-        info: &gst_video::VideoInfo,
-        min: u32,
-    ) -> Result<gst::BufferPool, glib::BoolError> {
-        let pool = gst_video::VideoBufferPool::new();
-        let mut config = pool.config();
-        config.set_params(Some(caps), info.size() as u32, min, 0);
-        config.set_allocator(Some(allocator), None);
-        config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
-        pool.set_config(config)?;
-        Ok(pool.upcast())
-    }
-
-    /// The allocator whose memory leaves without a copy for this backing; dma-bufs already
-    /// when upstream `importer` hands the buffers' fds to a device.
-    fn zero_copy_allocator(
-        &self,
-        state: &mut State,
-        importer: Option<&str>,
-    ) -> Option<gst::Allocator> {
-        match (state.backing, importer) {
-            (Backing::Heap, _) => state.heap_allocator.clone().map(|a| a.upcast()),
-            (_, Some(importer)) => match UdmabufAllocator::for_element(self.obj().upcast_ref()) {
-                Ok(a) => {
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "{importer} imports dma-bufs: proposing udmabuf exports"
-                    );
-                    Some(a.upcast())
-                }
-                Err(e) => {
-                    gst::warning!(CAT, imp = self, "no udmabuf for {importer}: {e}");
-                    Some(self.memfd_allocator(state).upcast())
-                }
-            },
-            (_, None) => Some(self.memfd_allocator(state).upcast()),
-        }
-    }
-
-    /// A new memfd allocator, flushed at stop.
-    fn memfd_allocator(&self, state: &mut State) -> MemfdAllocator {
-        let allocator = MemfdAllocator::new(self.obj().upcast_ref());
-        state.allocators.push(allocator.clone());
-        allocator
-    }
-
-    /// The heap that copies of frames over udmabuf's size limit go to: the configured one, or
-    /// with `heap=auto` the system heap when the CMA area cannot hold two such frames (one
-    /// downstream while the next is copied).
-    fn oversize_heap(&self, state: &State, size: usize) -> Option<gst::Allocator> {
-        let heap = state.heap_allocator.as_ref()?;
-        if heap.check_capacity_for(size, 2).is_err()
-            && kernel::HeapSelection::parse(&self.settings().heap) == kernel::HeapSelection::Auto
-            && let Ok(system) = DmaHeapAllocator::new("system")
-        {
-            gst::info!(
-                CAT,
-                imp = self,
-                "{size}-byte frames do not fit in heap {}: copying into the system heap",
-                heap.heap_name().unwrap_or_default()
-            );
-            system.set_owner(&*self.obj());
-            return Some(system.upcast());
-        }
-        Some(heap.clone().upcast())
-    }
-
-    /// The pool frames are copied into, made on first use, and the input's video info.
-    fn copy_pool(
-        &self,
-        notices: &mut Notices,
-    ) -> Result<(gst::BufferPool, gst_video::VideoInfo), gst::FlowError> {
-        let mut guard = self.state.lock().unwrap();
-        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
-        if let Some(pool) = &state.copy_pool {
-            return Ok((pool.clone(), info));
-        }
-        // Frames over udmabuf's limit can only be copied into heap memory.
-        let fits = state
-            .exporter
-            .size_limit()
-            .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
-        let allocator: gst::Allocator = if fits {
-            self.memfd_allocator(state).upcast()
-        } else if let Some(heap) = self.oversize_heap(state, info.size()) {
-            heap
-        } else {
-            let size = info.size();
-            notices.add(move |imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("Frames of {size} bytes exceed udmabuf's size limit and no dma-heap is usable")
-                )
-            });
-            return Err(gst::FlowError::Error);
-        };
-        let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
-        // No buffers allocated up front: GstBufferPool's start leaks them when a later one
-        // fails; on demand, a failure is the allocator's error message and nothing leaks.
-        let pool = self.make_pool(&allocator, &caps, &info, 0).map_err(|e| {
-            gst::error!(CAT, imp = self, "copy pool: {e}");
-            gst::FlowError::Error
-        })?;
-        pool.set_active(true).map_err(|e| {
-            let e = e.to_string();
-            notices.add(move |imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::ResourceError::Failed,
-                    ("Cannot start the pool of dma-buf copies: {e}")
-                )
-            });
-            gst::FlowError::Error
-        })?;
-        state.copy_pool = Some(pool.clone());
-        Ok((pool, info))
-    }
-
-    /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf. No lock is held while
-    /// the pool allocates: its allocator posts its failures itself.
-    fn copy_to_pool(
-        &self,
-        inbuf: &gst::BufferRef,
-        notices: &mut Notices,
-    ) -> Result<gst::Buffer, gst::FlowError> {
-        let (pool, info) = self.copy_pool(notices)?;
-        let mut outbuf = pool.acquire_buffer(None)?;
-        let outm = outbuf.get_mut().unwrap();
-        let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info) else {
-            notices.add(|imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::StreamError::Format,
-                    ("Cannot map the input frame")
-                )
-            });
-            return Err(gst::FlowError::Error);
-        };
-        let Ok(mut dst) = gst_video::VideoFrameRef::from_buffer_ref_writable(outm, &info) else {
-            notices.add(|imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::ResourceError::Write,
-                    ("Cannot map a dma-buf for writing")
-                )
-            });
-            return Err(gst::FlowError::Error);
-        };
-        src.copy(&mut dst).map_err(|_| gst::FlowError::Error)?;
-        drop(dst);
-        Ok(outbuf)
-    }
-
-    /// The output for `source` (the buffer whose pages leave): its dma-buf memory, metas,
-    /// and a reference that returns `source` to its pool only when downstream is done.
-    fn wrap(
-        &self,
-        target: &Target,
-        settings: &Settings,
-        source: &gst::Buffer,
-        timing: &gst::BufferRef,
-        stats: &mut Stats,
-    ) -> Result<gst::Buffer, Refusal> {
-        let (dmabuf, outcome) = target
-            .exporter
-            .dmabuf_of(source, target.zero_offset_for.as_deref())?;
-        match outcome {
-            Outcome::Exported => stats.exported += 1,
-            Outcome::Pinned => {
-                stats.exported += 1;
-                stats.pinned_exports += 1;
-            }
-            Outcome::CacheHit => stats.export_cache_hits += 1,
-            Outcome::AlreadyDmabuf => {}
-        }
-        if settings.sync && outcome != Outcome::AlreadyDmabuf {
-            // The CPU wrote these pages through another mapping: make the writes visible to
-            // devices (DMA_BUF_IOCTL_SYNC needs a begin before the end on udmabuf).
-            // The writes are done already, so waiting for devices that still read the pages
-            // (a fence a client holds past the release guard's timeout) gains nothing and
-            // would stall the stream: a busy dma-buf skips the bracket.
-            let fd = crate::memory::dmabuf_fd(&dmabuf).expect("exports are dma-buf memory");
-            let synced = kernel::sync_start_within(fd, SyncAccess::Write, Duration::ZERO)
-                .and_then(|_| kernel::sync_end(fd, SyncAccess::Write));
-            match synced {
-                Ok(()) => stats.syncs += 1,
-                Err(e) => gst::warning!(CAT, imp = self, "DMA_BUF_IOCTL_SYNC: {e}"),
-            }
-        }
-        let mut out = gst::Buffer::new();
-        {
-            let outm = out.get_mut().unwrap();
-            outm.append_memory(dmabuf);
-            // Metas describe the pages, so they come from `source`; flags and timestamps from
-            // the frame as it arrived. A plain meta copy skips VideoMeta (it is tagged as
-            // describing memory), so that one is carried over explicitly.
-            source
-                .copy_into(outm, gst::BufferCopyFlags::META, ..)
-                .map_err(|e| Refusal::Metadata(e.to_string()))?;
-            copy_video_meta(source, outm, target.info.as_ref());
-            timing
-                .copy_into(
-                    outm,
-                    gst::BufferCopyFlags::FLAGS | gst::BufferCopyFlags::TIMESTAMPS,
-                    ..,
-                )
-                .map_err(|e| Refusal::Metadata(e.to_string()))?;
-            gst::ParentBufferMeta::add(outm, source);
-            crate::memory::guard_release(
-                outm,
-                crate::memory::memory_ref(outm.peek_memory(0)),
-                source.clone(),
-            );
-        }
-        Ok(out)
-    }
-
-    /// Whether a frame refused for `why` may be copied; the first refusal of each kind is
-    /// a warning, a forbidden copy an error.
-    fn refuse(
-        &self,
-        settings: &Settings,
-        why: &Refusal,
-        notices: &mut Notices,
-    ) -> Result<(), gst::FlowError> {
-        if !settings.copy_fallback {
-            let why = why.to_string();
-            notices.add(move |imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::StreamError::Failed,
-                    ("Zero-copy is impossible: {why}"),
-                    [
-                        "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
-                    ]
-                )
-            });
-            return Err(gst::FlowError::Error);
-        }
-        let first = {
-            let mut guard = self.state.lock().unwrap();
-            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-            state.warned.insert(why.reason())
-        };
-        if first {
-            let why = why.to_string();
-            notices.add(move |imp| {
-                gst::element_imp_warning!(
-                    imp,
-                    gst::CoreError::Negotiation,
-                    ("Copying frames into dma-buf memory: {why}"),
-                    ["Every such frame costs a copy; see the stats property"]
-                )
-            });
-        }
-        Ok(())
-    }
-
-    /// The output buffer for `inbuf`: its own pages as dma-buf memory, else a counted copy.
-    fn output_for(
-        &self,
-        inbuf: &gst::BufferRef,
-        settings: &Settings,
-        stats: &mut Stats,
-        notices: &mut Notices,
-    ) -> Result<PrepareOutputBufferSuccess, gst::FlowError> {
-        if self.obj().is_passthrough() {
-            stats.passthrough += 1;
-            return Ok(PrepareOutputBufferSuccess::InputBuffer);
-        }
-        let target = {
-            let guard = self.state.lock().unwrap();
-            let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
-            Target {
-                exporter: state.exporter.clone(),
-                info: state.in_info.clone(),
-                zero_offset_for: state.zero_offset_for.clone(),
-            }
-        };
-        let source = crate::memory::buffer_ref(inbuf);
-        // Input that already is dma-buf memory never comes here: generate_output sends it on.
-        let why = match self.wrap(&target, settings, &source, inbuf, stats) {
-            Ok(out) => return Ok(PrepareOutputBufferSuccess::Buffer(out)),
-            Err(why) => why,
-        };
-        gst::debug!(CAT, imp = self, "copy: {why}");
-        self.refuse(settings, &why, notices)?;
-        let mut copied = self.copy_to_pool(inbuf, notices)?;
-        stats.count_copy(
-            why.reason(),
-            target.info.as_ref().map_or(0, |i| i.size() as u64),
-        );
-        if crate::memory::is_all_dmabuf(&copied) {
-            // A dma-heap copy leaves as it is, with the frame's timing and metas (its own
-            // VideoMeta stays: a meta copy skips that one).
-            inbuf
-                .copy_into(
-                    copied.make_mut(),
-                    gst::BufferCopyFlags::FLAGS
-                        | gst::BufferCopyFlags::TIMESTAMPS
-                        | gst::BufferCopyFlags::META,
-                    ..,
-                )
-                .map_err(|_| gst::FlowError::Error)?;
-            return Ok(PrepareOutputBufferSuccess::Buffer(copied));
-        }
-        self.wrap(&target, settings, &copied, inbuf, stats)
-            .map(PrepareOutputBufferSuccess::Buffer)
-            .map_err(|why| {
-                let why = why.to_string();
-                notices.add(move |imp| {
-                    gst::element_imp_error!(
-                        imp,
-                        gst::ResourceError::Failed,
-                        ("Cannot export the copy: {why}")
-                    )
-                });
-                gst::FlowError::Error
-            })
-    }
-}
-
-/// Gives `out` the layout of `source`: its VideoMeta, or one for the default layout of `info`,
-/// since dma-buf importers (DMA_DRM caps above all) expect the layout spelled out.
-fn copy_video_meta(
-    source: &gst::BufferRef,
-    out: &mut gst::BufferRef,
-    info: Option<&gst_video::VideoInfo>,
-) {
-    let layout = match source.meta::<gst_video::VideoMeta>() {
-        Some(m) => Some((
-            m.video_frame_flags(),
-            m.format(),
-            m.width(),
-            m.height(),
-            m.offset().to_vec(),
-            m.stride().to_vec(),
-        )),
-        None => info.map(|i| {
-            (
-                gst_video::VideoFrameFlags::empty(),
-                i.format(),
-                i.width(),
-                i.height(),
-                i.offset().to_vec(),
-                i.stride().to_vec(),
-            )
-        }),
-    };
-    if let Some((flags, format, width, height, offsets, strides)) = layout
-        && let Err(e) =
-            gst_video::VideoMeta::add_full(out, flags, format, width, height, &offsets, &strides)
-    {
-        gst::warning!(CAT, "cannot add VideoMeta: {e}");
     }
 }
 
@@ -769,8 +299,8 @@ impl BaseTransformImpl for VmemExport {
         filter: Option<&gst::Caps>,
     ) -> Option<gst::Caps> {
         let other = match direction {
-            gst::PadDirection::Sink => formats::sysmem_to_dmabuf(caps),
-            _ => formats::dmabuf_to_sysmem(caps),
+            gst::PadDirection::Sink => caps::sysmem_to_dmabuf(caps),
+            _ => caps::dmabuf_to_sysmem(caps),
         };
         gst::trace!(CAT, imp = self, "{direction:?} {caps} -> {other}");
         Some(match filter {

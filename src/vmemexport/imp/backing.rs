@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The backing choice: what `start` resolves `backing`, `heap` and `pin-system-memory` into,
+//! and the allocators and pools made from it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::{CAT, Settings, VmemExport};
+use crate::heapalloc::{DmaHeapAllocator, HeapSelection};
+use crate::kernel::{self, Udmabuf, Vmemexp};
+use crate::vmemexport::Backing;
+use crate::vmemexport::export::{CopyReason, Exporter};
+use crate::vmemexport::memfd_allocator::MemfdAllocator;
+use crate::vmemexport::udmabuf_allocator::UdmabufAllocator;
+
+/// What `start` resolved, and what the stream needs.
+pub(super) struct State {
+    pub(super) backing: Backing,
+    /// Shared with the streaming thread's work outside the state lock.
+    pub(super) exporter: Arc<Exporter>,
+    pub(super) heap_allocator: Option<DmaHeapAllocator>,
+    pub(super) in_info: Option<gst_video::VideoInfo>,
+    /// Where frames are copied when they cannot leave as they are.
+    pub(super) copy_pool: Option<gst::BufferPool>,
+    /// The consumer downstream that needs frames at offset 0 of their dma-buf, if any.
+    pub(super) zero_offset_for: Option<String>,
+    pub(super) warned: HashSet<CopyReason>,
+    /// The pool last proposed upstream and the caps it was proposed for. A decoder asks again
+    /// on every renegotiation (avdec_h264 at sizes it pads: every frame); a new pool each time
+    /// would give every frame new memory, hence a new export that importers cannot cache.
+    pub(super) proposed: Option<(gst::Caps, gst::BufferPool, gst::Allocator)>,
+    /// Every memfd allocator made for this run: each keeps released memories for reuse until
+    /// flushed at stop.
+    pub(super) allocators: Vec<MemfdAllocator>,
+}
+
+impl VmemExport {
+    /// Resolves `backing` into what this run uses, with errors that say how to fix the system.
+    pub(super) fn open_backing(&self, settings: &Settings) -> Result<State, gst::ErrorMessage> {
+        let name = format!("vmemexport:{}", self.obj().name());
+        // Why udmabuf is not used, for the error if no heap can stand in for it either.
+        let mut udmabuf_why = String::new();
+        let udmabuf = match settings.backing {
+            Backing::Heap => None,
+            Backing::Memfd | Backing::Auto => match Udmabuf::open() {
+                Ok(u) => Some(u),
+                Err(e) if settings.backing == Backing::Memfd => {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::OpenReadWrite,
+                        ("backing=memfd needs {}: {e}", kernel::UDMABUF_PATH)
+                    ));
+                }
+                Err(e) => {
+                    gst::info!(CAT, imp = self, "no udmabuf ({e}), trying dma-heaps");
+                    udmabuf_why = format!("{e}; and ");
+                    None
+                }
+            },
+        };
+        let backing = match (settings.backing, &udmabuf) {
+            (Backing::Heap, _) | (Backing::Auto, None) => Backing::Heap,
+            _ => Backing::Memfd,
+        };
+        // The heap is needed for backing=heap, and as the copy target for frames over udmabuf's
+        // size limit; only the former makes a missing heap fatal.
+        let heap_allocator = match DmaHeapAllocator::new(&settings.heap) {
+            Ok(a) => {
+                a.set_owner(&*self.obj());
+                Some(a)
+            }
+            Err(e) if backing == Backing::Heap => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::OpenReadWrite,
+                    ("No way to make dma-bufs: {udmabuf_why}{e}")
+                ));
+            }
+            Err(e) => {
+                gst::info!(CAT, imp = self, "no dma-heap for oversized frames: {e}");
+                None
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "backing {backing:?}{}",
+            heap_allocator
+                .as_ref()
+                .and_then(|a| a.heap_name().ok())
+                .map(|h| format!(", heap {h}"))
+                .unwrap_or_default()
+        );
+        // Other system memory is exported in place when vmemexp is there (own pool first, then
+        // vmemexp, then a copy).
+        let vmemexp = if settings.pin_system_memory {
+            Vmemexp::open().map_err(|e| {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "frames from other memory will be copied: {e}"
+                );
+                e.to_string()
+            })
+        } else {
+            Err("pin-system-memory=false".to_string())
+        };
+        Ok(State {
+            backing,
+            exporter: Arc::new(Exporter::new(udmabuf, vmemexp, name)),
+            heap_allocator,
+            in_info: None,
+            copy_pool: None,
+            zero_offset_for: None,
+            warned: HashSet::new(),
+            proposed: None,
+            allocators: Vec::new(),
+        })
+    }
+
+    /// A video pool of `info` frames whose memory comes from `allocator`, one memory per buffer.
+    pub(super) fn make_pool(
+        &self,
+        allocator: &gst::Allocator,
+        caps: &gst::Caps,
+        info: &gst_video::VideoInfo,
+        min: u32,
+    ) -> Result<gst::BufferPool, glib::BoolError> {
+        let pool = gst_video::VideoBufferPool::new();
+        let mut config = pool.config();
+        config.set_params(Some(caps), info.size() as u32, min, 0);
+        config.set_allocator(Some(allocator), None);
+        config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
+        pool.set_config(config)?;
+        Ok(pool.upcast())
+    }
+
+    /// The allocator whose memory leaves without a copy for this backing; dma-bufs already
+    /// when upstream `importer` hands the buffers' fds to a device.
+    pub(super) fn zero_copy_allocator(
+        &self,
+        state: &mut State,
+        importer: Option<&str>,
+    ) -> Option<gst::Allocator> {
+        match (state.backing, importer) {
+            (Backing::Heap, _) => state.heap_allocator.clone().map(|a| a.upcast()),
+            (_, Some(importer)) => match UdmabufAllocator::for_element(self.obj().upcast_ref()) {
+                Ok(a) => {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "{importer} imports dma-bufs: proposing udmabuf exports"
+                    );
+                    Some(a.upcast())
+                }
+                Err(e) => {
+                    gst::warning!(CAT, imp = self, "no udmabuf for {importer}: {e}");
+                    Some(self.memfd_allocator(state).upcast())
+                }
+            },
+            (_, None) => Some(self.memfd_allocator(state).upcast()),
+        }
+    }
+
+    /// A new memfd allocator, flushed at stop.
+    pub(super) fn memfd_allocator(&self, state: &mut State) -> MemfdAllocator {
+        let allocator = MemfdAllocator::new(self.obj().upcast_ref());
+        state.allocators.push(allocator.clone());
+        allocator
+    }
+
+    /// The heap that copies of frames over udmabuf's size limit go to: the configured one, or
+    /// with `heap=auto` the system heap when the CMA area cannot hold two such frames (one
+    /// downstream while the next is copied).
+    pub(super) fn oversize_heap(&self, state: &State, size: usize) -> Option<gst::Allocator> {
+        let heap = state.heap_allocator.as_ref()?;
+        if heap.check_capacity_for(size, 2).is_err()
+            && HeapSelection::parse(&self.settings().heap) == HeapSelection::Auto
+            && let Ok(system) = DmaHeapAllocator::new("system")
+        {
+            gst::info!(
+                CAT,
+                imp = self,
+                "{size}-byte frames do not fit in heap {}: copying into the system heap",
+                heap.heap_name().unwrap_or_default()
+            );
+            system.set_owner(&*self.obj());
+            return Some(system.upcast());
+        }
+        Some(heap.clone().upcast())
+    }
+}

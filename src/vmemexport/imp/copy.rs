@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The copy fallback: frames that cannot leave as they are, copied into pooled dma-buf memory,
+//! and the policy (`copy-fallback`) that allows or forbids it.
+
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::{CAT, Notices, Settings, VmemExport};
+use crate::kernel;
+use crate::vmemexport::export::Refusal;
+
+impl VmemExport {
+    /// The pool frames are copied into, made on first use, and the input's video info.
+    pub(super) fn copy_pool(
+        &self,
+        notices: &mut Notices,
+    ) -> Result<(gst::BufferPool, gst_video::VideoInfo), gst::FlowError> {
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
+        if let Some(pool) = &state.copy_pool {
+            return Ok((pool.clone(), info));
+        }
+        // Frames over udmabuf's limit can only be copied into heap memory.
+        let fits = state
+            .exporter
+            .size_limit()
+            .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
+        let allocator: gst::Allocator = if fits {
+            self.memfd_allocator(state).upcast()
+        } else if let Some(heap) = self.oversize_heap(state, info.size()) {
+            heap
+        } else {
+            let size = info.size();
+            notices.add(move |imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::ResourceError::NoSpaceLeft,
+                    ("Frames of {size} bytes exceed udmabuf's size limit and no dma-heap is usable")
+                )
+            });
+            return Err(gst::FlowError::Error);
+        };
+        let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
+        // No buffers allocated up front: GstBufferPool's start leaks them when a later one
+        // fails; on demand, a failure is the allocator's error message and nothing leaks.
+        let pool = self.make_pool(&allocator, &caps, &info, 0).map_err(|e| {
+            gst::error!(CAT, imp = self, "copy pool: {e}");
+            gst::FlowError::Error
+        })?;
+        pool.set_active(true).map_err(|e| {
+            let e = e.to_string();
+            notices.add(move |imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::ResourceError::Failed,
+                    ("Cannot start the pool of dma-buf copies: {e}")
+                )
+            });
+            gst::FlowError::Error
+        })?;
+        state.copy_pool = Some(pool.clone());
+        Ok((pool, info))
+    }
+
+    /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf. No lock is held while
+    /// the pool allocates: its allocator posts its failures itself.
+    pub(super) fn copy_to_pool(
+        &self,
+        inbuf: &gst::BufferRef,
+        notices: &mut Notices,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let (pool, info) = self.copy_pool(notices)?;
+        let mut outbuf = pool.acquire_buffer(None)?;
+        let outm = outbuf.get_mut().unwrap();
+        let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info) else {
+            notices.add(|imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::StreamError::Format,
+                    ("Cannot map the input frame")
+                )
+            });
+            return Err(gst::FlowError::Error);
+        };
+        let Ok(mut dst) = gst_video::VideoFrameRef::from_buffer_ref_writable(outm, &info) else {
+            notices.add(|imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::ResourceError::Write,
+                    ("Cannot map a dma-buf for writing")
+                )
+            });
+            return Err(gst::FlowError::Error);
+        };
+        src.copy(&mut dst).map_err(|_| gst::FlowError::Error)?;
+        drop(dst);
+        Ok(outbuf)
+    }
+
+    /// Whether a frame refused for `why` may be copied; the first refusal of each kind is
+    /// a warning, a forbidden copy an error.
+    pub(super) fn refuse(
+        &self,
+        settings: &Settings,
+        why: &Refusal,
+        notices: &mut Notices,
+    ) -> Result<(), gst::FlowError> {
+        if !settings.copy_fallback {
+            let why = why.to_string();
+            notices.add(move |imp| {
+                gst::element_imp_error!(
+                    imp,
+                    gst::StreamError::Failed,
+                    ("Zero-copy is impossible: {why}"),
+                    [
+                        "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
+                    ]
+                )
+            });
+            return Err(gst::FlowError::Error);
+        }
+        let first = {
+            let mut guard = self.state.lock().unwrap();
+            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            state.warned.insert(why.reason())
+        };
+        if first {
+            let why = why.to_string();
+            notices.add(move |imp| {
+                gst::element_imp_warning!(
+                    imp,
+                    gst::CoreError::Negotiation,
+                    ("Copying frames into dma-buf memory: {why}"),
+                    ["Every such frame costs a copy; see the stats property"]
+                )
+            });
+        }
+        Ok(())
+    }
+}
