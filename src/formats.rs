@@ -14,7 +14,7 @@ use drm_fourcc::DrmFourcc;
 use gst_video::VideoFormat;
 
 /// The caps feature of dma-buf memory.
-pub const CAPS_FEATURE_DMABUF: &gst::glib::GStr = gst_allocators::CAPS_FEATURE_MEMORY_DMABUF;
+pub(crate) const CAPS_FEATURE_DMABUF: &gst::glib::GStr = gst_allocators::CAPS_FEATURE_MEMORY_DMABUF;
 
 /// Formats with a DRM fourcc where GStreamer has no mapping of its own (1.22): the formats
 /// 1.24's video-info-dma.c maps, and GRAY8 (1.26). From 1.24 on GStreamer's mapping is used
@@ -99,55 +99,57 @@ fn fourcc_u32(format: VideoFormat) -> Option<u32> {
     }
 }
 
-/// Every format with a DRM fourcc, and that fourcc spelled as caps spell it: its four bytes,
-/// blanks included ("R8  "). Fourccs that are not four ASCII bytes (the big-endian flag of
-/// GRAY16_BE) have no caps form.
-static DRM_FORMATS: LazyLock<Vec<(VideoFormat, &'static str)>> = LazyLock::new(|| {
+/// A format with a DRM fourcc: the kernel's u32 and its spelling in caps.
+struct DrmFormat {
+    format: VideoFormat,
+    fourcc: u32,
+    /// The four bytes, blanks included ("R8  "): GStreamer's parser requires exactly four.
+    text: &'static str,
+}
+
+/// Every format with a DRM fourcc that caps can spell. Fourccs that are not four ASCII bytes
+/// (the big-endian flag of GRAY16_BE) have no caps form, so they are not ours.
+static DRM_FORMATS: LazyLock<Vec<DrmFormat>> = LazyLock::new(|| {
     formats()
         .filter_map(|format| {
-            let code = fourcc_u32(format)?.to_le_bytes();
-            let text = std::str::from_utf8(&code).ok().filter(|t| t.is_ascii())?;
-            Some((format, &*Box::leak(text.to_owned().into_boxed_str())))
+            let fourcc = fourcc_u32(format)?;
+            let bytes = fourcc.to_le_bytes();
+            let text = std::str::from_utf8(&bytes).ok().filter(|t| t.is_ascii())?;
+            Some(DrmFormat {
+                format,
+                fourcc,
+                text: Box::leak(text.to_owned().into_boxed_str()),
+            })
         })
         .collect()
 });
 
-/// The DRM fourcc of a GStreamer format.
-pub fn drm_fourcc_of(format: VideoFormat) -> Option<DrmFourcc> {
-    drm_fourcc(format).and_then(|c| DrmFourcc::try_from(c).ok())
-}
-
-/// The DRM fourcc string (as in caps) of a GStreamer format.
-pub fn drm_fourcc_str(format: VideoFormat) -> Option<&'static str> {
-    DRM_FORMATS
-        .iter()
-        .find(|(f, _)| *f == format)
-        .map(|(_, s)| *s)
+fn drm_format(format: VideoFormat) -> Option<&'static DrmFormat> {
+    DRM_FORMATS.iter().find(|d| d.format == format)
 }
 
 /// The DRM fourcc as the kernel's u32 (`fourcc_code(a, b, c, d)`).
 pub fn drm_fourcc(format: VideoFormat) -> Option<u32> {
-    drm_fourcc_str(format).map(|s| u32::from_le_bytes(s.as_bytes().try_into().unwrap()))
+    drm_format(format).map(|d| d.fourcc)
 }
 
 /// The GStreamer format of a caps `drm-format` value. Only linear buffers are ours: a value
 /// with a modifier suffix (`NV12:0x...`) has none.
-pub fn format_from_drm_str(drm: &str) -> Option<VideoFormat> {
+pub(crate) fn format_from_drm_str(drm: &str) -> Option<VideoFormat> {
     if drm.contains(':') {
         return None;
     }
-    DRM_FORMATS.iter().find(|(_, s)| *s == drm).map(|(f, _)| *f)
+    DRM_FORMATS.iter().find(|d| d.text == drm).map(|d| d.format)
 }
 
-/// The `drm-format` value for caps: always four characters, blanks included ("R8  "), since
-/// GStreamer's parser requires exactly four.
-pub fn drm_caps_str(format: VideoFormat) -> Option<&'static str> {
-    drm_fourcc_str(format)
+/// The `drm-format` value for caps: always four characters, blanks included ("R8  ").
+pub(crate) fn drm_caps_str(format: VideoFormat) -> Option<&'static str> {
+    drm_format(format).map(|d| d.text)
 }
 
 /// The formats that have a DRM fourcc (and so a DMA_DRM form).
-pub fn drm_formats() -> impl Iterator<Item = VideoFormat> {
-    DRM_FORMATS.iter().map(|(f, _)| *f)
+pub(crate) fn drm_formats() -> impl Iterator<Item = VideoFormat> {
+    DRM_FORMATS.iter().map(|d| d.format)
 }
 
 /// Every raw video format the running GStreamer knows (`gst_video_formats_raw`, so a newer
@@ -185,7 +187,7 @@ pub fn formats() -> impl Iterator<Item = VideoFormat> {
 }
 
 /// Whether the running GStreamer (not the one we built against) knows `format=DMA_DRM` caps.
-pub fn runtime_has_dma_drm() -> bool {
+pub(crate) fn runtime_has_dma_drm() -> bool {
     static HAS: LazyLock<bool> = LazyLock::new(|| {
         let (major, minor, _, _) = gst::version();
         (major, minor) >= (1, 24)
@@ -198,7 +200,7 @@ fn drm_format_list() -> gst::List {
 }
 
 /// Plain system-memory caps for all our formats.
-pub fn sysmem_caps() -> gst::Caps {
+pub(crate) fn sysmem_caps() -> gst::Caps {
     gst_video::VideoCapsBuilder::new()
         .format_list(formats())
         .build()
@@ -206,7 +208,7 @@ pub fn sysmem_caps() -> gst::Caps {
 
 /// Every way dma-buf video can be described to a peer, in order of preference: DMA_DRM (only
 /// when the running GStreamer is >= 1.24), the legacy DMABuf form, then plain `video/x-raw`.
-pub fn dmabuf_caps() -> gst::Caps {
+pub(crate) fn dmabuf_caps() -> gst::Caps {
     let mut caps = gst::Caps::new_empty();
     if runtime_has_dma_drm() {
         // The DMA_DRM format is spelled out: VideoFormat::DmaDrm needs the 1.24 API.
@@ -239,7 +241,10 @@ pub enum CapsKind {
     DmaDrm,
 }
 
-pub fn caps_kind(s: &gst::StructureRef, features: Option<&gst::CapsFeaturesRef>) -> CapsKind {
+pub(crate) fn caps_kind(
+    s: &gst::StructureRef,
+    features: Option<&gst::CapsFeaturesRef>,
+) -> CapsKind {
     let dmabuf = features.is_some_and(|f| f.contains(CAPS_FEATURE_DMABUF));
     if !dmabuf {
         CapsKind::Plain

@@ -1,5 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 //! gst-vmem: zero-copy dma-buf plugins for GStreamer (vmemexport, heapalloc, dmabufsink).
+//!
+//! Besides the plugin, the crate's Rust API for applications and tests:
+//! [`heapalloc::DmaHeapAllocator`] (dma-heap memory for any buffer pool), the dmabufsink client
+//! library ([`dmabufsink::Client`], [`dmabufsink::protocol`]), [`vmemexport::MemfdAllocator`],
+//! [`kernel`] (safe wrappers of the kernel interfaces: memfd, udmabuf, vmemexp, dma-heaps,
+//! dma-buf sync, names and fences, DRM PRIME, fd passing), [`formats`] (GStreamer formats and
+//! DRM fourccs) and [`memory::dmabuf_fd`]. The elements' internals are crate-private.
 
 use gst::glib;
 

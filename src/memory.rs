@@ -14,7 +14,7 @@ use crate::kernel;
 
 /// The size to allocate for `size` bytes with `params`' prefix and padding, in whole pages:
 /// udmabuf exports and dma-heap buffers are page-granular.
-pub fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize> {
+pub(crate) fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize> {
     let total = size
         .checked_add(params.prefix())?
         .checked_add(params.padding())?;
@@ -25,7 +25,7 @@ pub fn backing_size(size: usize, params: &gst::AllocationParams) -> Option<usize
 /// `GST_FLOW_ERROR` to the element that asked for a buffer (often upstream, which then reports
 /// "Internal data stream error"), so the allocator posts the reason as this element's error.
 #[derive(Default)]
-pub struct AllocOwner(Mutex<glib::WeakRef<gst::Element>>);
+pub(crate) struct AllocOwner(Mutex<glib::WeakRef<gst::Element>>);
 
 impl AllocOwner {
     pub fn set(&self, element: &gst::Element) {
@@ -43,7 +43,7 @@ impl AllocOwner {
 /// (a zero or absurd size included) are logged on `cat`, posted as an error of `owner` if
 /// there is one, and give NULL, as GstAllocator's `alloc` reports them. It is called from C
 /// (`gst_allocator_alloc`), so a panic is caught here and becomes NULL too.
-pub fn alloc_fd_memory(
+pub(crate) fn alloc_fd_memory(
     allocator: &impl IsA<gst_allocators::FdAllocator>,
     cat: gst::DebugCategory,
     owner: &AllocOwner,
@@ -164,13 +164,13 @@ pub fn is_all_dmabuf(buffer: &gst::BufferRef) -> bool {
 }
 
 /// A new reference to `buffer` (not a copy: `ToOwned` on a `BufferRef` copies).
-pub fn buffer_ref(buffer: &gst::BufferRef) -> gst::Buffer {
+pub(crate) fn buffer_ref(buffer: &gst::BufferRef) -> gst::Buffer {
     // SAFETY: `buffer` is a valid buffer; from_glib_none takes a new reference.
     unsafe { from_glib_none(buffer.as_ptr()) }
 }
 
 /// A new reference to `mem` (not a copy, which for dma-buf memory would be a pixel copy).
-pub fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
+pub(crate) fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
     // SAFETY: `mem` is a valid memory; from_glib_none takes a new reference.
     unsafe { from_glib_none(mem.as_ptr()) }
 }

@@ -17,7 +17,7 @@ use gst::prelude::*;
 
 mod client;
 mod imp;
-pub mod layout;
+mod layout;
 pub mod protocol;
 mod server;
 mod socket_file;

@@ -174,7 +174,7 @@ pub fn dmabuf_size(fd: DmaBuf<'_>) -> Result<u64> {
 }
 
 /// Names the dma-buf, so it can be recognised in /sys/kernel/debug/dma_buf/bufinfo and in
-/// /proc/<pid>/fdinfo. Names are cut to the kernel's 31 bytes.
+/// `/proc/<pid>/fdinfo`. Names are cut to the kernel's 31 bytes.
 pub fn set_dmabuf_name(fd: DmaBuf<'_>, name: &str) -> Result<()> {
     let mut bytes: Vec<u8> = name
         .bytes()

@@ -13,7 +13,7 @@ glib::wrapper! {
 }
 
 impl MemfdAllocator {
-    /// An allocator whose failures are errors of `owner` (see [`memory::AllocOwner`]).
+    /// An allocator whose failures are errors of `owner`.
     pub fn new(owner: &gst::Element) -> MemfdAllocator {
         use gst::subclass::prelude::ObjectSubclassIsExt;
         let allocator: MemfdAllocator = glib::Object::new();
