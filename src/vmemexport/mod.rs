@@ -36,11 +36,10 @@ mod imp;
 pub mod memfd_allocator;
 mod release;
 mod stats;
-pub mod udmabuf_allocator;
+mod udmabuf_allocator;
 mod upstream;
 
 pub use memfd_allocator::MemfdAllocator;
-pub use udmabuf_allocator::UdmabufAllocator;
 
 glib::wrapper! {
     pub struct VmemExport(ObjectSubclass<imp::VmemExport>)
