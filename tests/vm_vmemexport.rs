@@ -815,3 +815,41 @@ fn v4l2src_captures_into_our_dmabufs() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn v4l2_decoder_decodes_into_our_dmabufs() {
+    // The capture side of a V4L2 decoder with capture-io-mode=dmabuf-import has the driver
+    // write decoded frames into vmemexport's pool: the frames equal those the decoder gives
+    // from its own MMAP buffers. (With plain caps: on 1.26+ the decoder prefers
+    // memory:DMABuf, which makes vmemexport pass the query through to downstream.)
+    init();
+    let frames = 5;
+    let encode = format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {I420_720P} ! v4l2fwhtenc ! v4l2fwhtdec"
+    );
+    let reference = frame_checksums(&format!(
+        "{encode} capture-io-mode=mmap ! video/x-raw ! appsink name=out sync=false"
+    ));
+    assert_eq!(reference.len(), frames);
+    let pipeline = launch(&format!(
+        "{encode} capture-io-mode=dmabuf-import ! video/x-raw ! vmemexport name=v ! \
+         appsink name=out sync=false"
+    ));
+    let sums = checksums_on_arrival(&pipeline, "out", exported_by(&["udmabuf"]));
+    let result = run_for(&pipeline, secs(200));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let sums: Vec<u64> = sums
+        .lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sums, reference, "not the decoder's frames");
+    let v = element(&pipeline, "v");
+    assert_eq!(stat(&v, "copies"), 0);
+    let exported = stat(&v, "exported");
+    assert!((1..frames as u64).contains(&exported), "{exported} exports");
+    assert_eq!(stat(&v, "export-cache-hits"), frames as u64 - exported);
+}
