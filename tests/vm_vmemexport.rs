@@ -700,3 +700,156 @@ fn drm_fourcc_table_is_gstreamers_own() {
     assert!(mapped >= 30, "GStreamer maps only {mapped} formats?");
     assert!(differ.is_empty(), "{differ:#?}");
 }
+
+/// vivid's capture node, its frames made identical from one to the next (the on-screen text
+/// holds counters and the time) so that captures compare by checksum: the static 75% colour
+/// bars. Gives the node and a guard that turns the text back on.
+fn vivid_static_capture() -> (String, impl Drop) {
+    struct Osd(String);
+    impl Drop for Osd {
+        fn drop(&mut self) {
+            let _ = vivid_osd(&self.0, 0);
+        }
+    }
+    let dev = v4l2_node("vivid", "vivid-000-vid-cap");
+    assert!(vivid_osd(&dev, 2), "cannot turn vivid's OSD text off");
+    (dev.clone(), Osd(dev))
+}
+
+/// Sets vivid's "OSD Text Mode" (0 all, 2 none) on `dev`.
+fn vivid_osd(dev: &str, mode: u32) -> bool {
+    std::process::Command::new("v4l2-ctl")
+        .args(["-d", dev, "-c", &format!("osd_text_mode={mode}")])
+        .status()
+        .expect("v4l2-ctl (v4l-utils) in the testbed")
+        .success()
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn v4l2src_captures_into_our_dmabufs() {
+    // `v4l2src io-mode=dmabuf-import` hands the fds of the pool vmemexport proposes to the
+    // driver, which writes the frames into them: they must be dma-bufs, for both backings, and
+    // leave vmemexport as they are, to the display and to an appsink.
+    init();
+    let (dev, _osd) = vivid_static_capture();
+    let caps = "video/x-raw,format=BGRx,width=640,height=480";
+    // The same frames through vivid's own MMAP buffers.
+    let reference: Vec<u64> = run_collecting(&format!(
+        "v4l2src device={dev} io-mode=mmap num-buffers=3 ! {caps} ! appsink name=out sync=false"
+    ))
+    .iter()
+    .map(|(caps, buf)| {
+        let (info, _) = gstvmem::formats::video_info_from_caps(caps).unwrap();
+        let pixels = normalized_frame(buf, &info);
+        let colours: std::collections::HashSet<&[u8]> = pixels.chunks(4).collect();
+        assert!(
+            colours.len() >= 8,
+            "vivid's colour bars: {} colours",
+            colours.len()
+        );
+        checksum(&pixels)
+    })
+    .collect();
+    assert_eq!(reference.len(), 3);
+    assert!(
+        reference.iter().all(|s| *s == reference[0]),
+        "vivid's frames still change (OSD text on?)"
+    );
+    let frames = 20;
+    // Each backing's pool: its dma-bufs' exporter (fdinfo) and name.
+    let backings: [(&str, &'static [&'static str], &str); 2] = [
+        ("memfd", &["udmabuf"], "vmemexport:v"),
+        ("heap", &["reserved", "linux,cma", "system"], "heapalloc:"),
+    ];
+    for (backing, exporters, name) in backings {
+        let pipeline = launch(&format!(
+            "v4l2src device={dev} io-mode=dmabuf-import num-buffers={frames} ! {caps} ! \
+             vmemexport name=v backing={backing} ! tee name=t ! \
+             queue max-size-buffers=2 ! kmssink name=k driver-name=vkms sync=false \
+             t. ! queue max-size-buffers=2 ! appsink name=out sync=false"
+        ));
+        let inodes = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let seen = inodes.clone();
+        let from_exporter = exported_by(exporters);
+        let sums = checksums_on_arrival(&pipeline, "out", move |b| {
+            from_exporter(b)?;
+            let fd = gstvmem::memory::dmabuf_fd(b.peek_memory(0)).unwrap();
+            let named = kernel::dmabuf_name(fd).unwrap_or_default();
+            if !named.starts_with(name) {
+                return Err(format!("a dma-buf named {named:?}"));
+            }
+            let ino = rustix::fs::fstat(fd).map_err(|e| e.to_string())?.st_ino;
+            seen.lock().unwrap().insert(ino);
+            Ok(())
+        });
+        let proof = ScanoutProof::install(&pipeline, "k");
+        let result = run_for(&pipeline, secs(120));
+        assert!(result.error.is_none(), "{backing}: {:?}", result.error);
+        proof.assert_on_screen(&format!("{backing}: v4l2src ! vmemexport ! kmssink"));
+        let sums = sums.lock().unwrap();
+        assert_eq!(sums.len(), frames, "{backing}");
+        for sum in sums.iter() {
+            assert_eq!(sum, &Ok(reference[0]), "{backing}: not vivid's pixels");
+        }
+        let v = element(&pipeline, "v");
+        assert_eq!(stat(&v, "frames"), frames as u64, "{backing}");
+        assert_eq!(stat(&v, "copies"), 0, "{backing}");
+        // The driver's queue and what the queues hold: the pool's size, not the frame count.
+        let buffers = inodes.lock().unwrap().len();
+        eprintln!(
+            "{backing}: {buffers} dma-bufs for {frames} frames, stats {}",
+            v.property::<gst::Structure>("stats")
+        );
+        assert!(
+            buffers <= 12,
+            "{backing}: {buffers} dma-bufs for {frames} frames"
+        );
+        if backing == "memfd" {
+            // Exported once per pool buffer by the pool's allocator, then reused.
+            assert_eq!(stat(&v, "exported"), buffers as u64);
+            assert_eq!(stat(&v, "export-cache-hits"), (frames - buffers) as u64);
+            assert_eq!(stat(&v, "passthrough"), 0);
+        } else {
+            assert_eq!(stat(&v, "passthrough"), frames as u64);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn v4l2_decoder_decodes_into_our_dmabufs() {
+    // The capture side of a V4L2 decoder with capture-io-mode=dmabuf-import has the driver
+    // write decoded frames into vmemexport's pool: the frames equal those the decoder gives
+    // from its own MMAP buffers. (With plain caps: on 1.26+ the decoder prefers
+    // memory:DMABuf, which makes vmemexport pass the query through to downstream.)
+    init();
+    let frames = 5;
+    let encode = format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! {I420_720P} ! v4l2fwhtenc ! v4l2fwhtdec"
+    );
+    let reference = frame_checksums(&format!(
+        "{encode} capture-io-mode=mmap ! video/x-raw ! appsink name=out sync=false"
+    ));
+    assert_eq!(reference.len(), frames);
+    let pipeline = launch(&format!(
+        "{encode} capture-io-mode=dmabuf-import ! video/x-raw ! vmemexport name=v ! \
+         appsink name=out sync=false"
+    ));
+    let sums = checksums_on_arrival(&pipeline, "out", exported_by(&["udmabuf"]));
+    let result = run_for(&pipeline, secs(200));
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let sums: Vec<u64> = sums
+        .lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sums, reference, "not the decoder's frames");
+    let v = element(&pipeline, "v");
+    assert_eq!(stat(&v, "copies"), 0);
+    let exported = stat(&v, "exported");
+    assert!((1..frames as u64).contains(&exported), "{exported} exports");
+    assert_eq!(stat(&v, "export-cache-hits"), frames as u64 - exported);
+}

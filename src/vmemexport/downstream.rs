@@ -5,7 +5,7 @@ use gst::prelude::*;
 
 /// Elements that hand the very buffers they receive to their source pads: the consumers
 /// behind them see vmemexport's memory.
-const FORWARDERS: &[&str] = &[
+pub(super) const FORWARDERS: &[&str] = &[
     "GstQueue",
     "GstQueue2",
     "GstMultiQueue",
@@ -18,7 +18,7 @@ const FORWARDERS: &[&str] = &[
 ];
 
 /// How deep the walk goes through forwarders and bins before giving up.
-const MAX_HOPS: usize = 32;
+pub(super) const MAX_HOPS: usize = 32;
 
 /// The first element downstream of `src` that reads a dma-buf from its first byte whatever
 /// the memory's offset, in the natural layout whatever the VideoMeta: GStreamer's V4L2

@@ -9,6 +9,11 @@
 //! keeps the input buffer alive until downstream releases it, so the pool never reuses pages a
 //! display or encoder still reads.
 //!
+//! An upstream element that imports dma-bufs into a device (V4L2 `io-mode=dmabuf-import`:
+//! v4l2src, a V4L2 decoder's capture side) is proposed a pool whose memory is the udmabuf
+//! export itself (made when the buffer is allocated); the device writes into it and the frames
+//! leave as they are. With `backing=heap` every producer already writes into dma-heap buffers.
+//!
 //! When zero-copy is impossible (upstream ignored the pool, its memory is no sealed memfd, the
 //! frame is over udmabuf's size limit, the buffer has several memories) the frame is copied into
 //! a pooled dma-buf, counted in `stats`, and a warning says why once; `copy-fallback=false` makes
@@ -33,6 +38,8 @@ mod layout;
 pub mod memfd_allocator;
 mod release;
 mod stats;
+mod udmabuf_allocator;
+mod upstream;
 
 pub use memfd_allocator::MemfdAllocator;
 

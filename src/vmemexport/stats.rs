@@ -2,6 +2,7 @@
 //! vmemexport's counters, as its `stats` property shows them.
 
 use super::export::CopyReason;
+use super::udmabuf_allocator::{self, UdmabufAllocator};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -20,6 +21,21 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts a frame that arrived as dma-buf memory and leaves as it is: the proposed pool's
+    /// own udmabuf exports (an importing upstream filled them) count as exports, once per
+    /// memory, then as cache hits; other dma-bufs pass through.
+    pub fn count_dmabuf_frame(&mut self, buffer: &gst::BufferRef) {
+        self.frames += 1;
+        let mem = buffer.peek_memory(0);
+        if !UdmabufAllocator::owns(mem) {
+            self.passthrough += 1;
+        } else if udmabuf_allocator::first_pass(mem) {
+            self.exported += 1;
+        } else {
+            self.export_cache_hits += 1;
+        }
+    }
+
     pub fn count_copy(&mut self, reason: CopyReason, bytes: u64) {
         self.copies += 1;
         self.bytes_copied += bytes;

@@ -16,6 +16,7 @@ use crate::vmemexport::Backing;
 use crate::vmemexport::backend::HeapPool;
 use crate::vmemexport::export::{CopyReason, Exporter};
 use crate::vmemexport::memfd_allocator::MemfdAllocator;
+use crate::vmemexport::udmabuf_allocator::UdmabufAllocator;
 
 /// What `start` resolved, and what the stream needs.
 pub(super) struct State {
@@ -143,11 +144,30 @@ impl VmemExport {
         Ok(pool.upcast())
     }
 
-    /// The allocator whose memory leaves without a copy for this backing.
-    pub(super) fn zero_copy_allocator(&self, state: &mut State) -> Option<gst::Allocator> {
-        match state.backing {
-            Backing::Heap => state.heap_allocator.clone().map(|a| a.upcast()),
-            _ => Some(self.memfd_allocator(state).upcast()),
+    /// The allocator whose memory leaves without a copy for this backing; dma-bufs already
+    /// when upstream `importer` hands the buffers' fds to a device.
+    pub(super) fn zero_copy_allocator(
+        &self,
+        state: &mut State,
+        importer: Option<&str>,
+    ) -> Option<gst::Allocator> {
+        match (state.backing, importer) {
+            (Backing::Heap, _) => state.heap_allocator.clone().map(|a| a.upcast()),
+            (_, Some(importer)) => match UdmabufAllocator::for_element(self.obj().upcast_ref()) {
+                Ok(a) => {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "{importer} imports dma-bufs: proposing udmabuf exports"
+                    );
+                    Some(a.upcast())
+                }
+                Err(e) => {
+                    gst::warning!(CAT, imp = self, "no udmabuf for {importer}: {e}");
+                    Some(self.memfd_allocator(state).upcast())
+                }
+            },
+            (_, None) => Some(self.memfd_allocator(state).upcast()),
         }
     }
 

@@ -25,6 +25,8 @@ use super::caps;
 use super::downstream;
 use super::layout;
 use super::stats::Stats;
+use super::udmabuf_allocator::UdmabufAllocator;
+use super::upstream;
 use crate::formats::{self, CapsKind};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -397,21 +399,28 @@ impl BaseTransformImpl for VmemExport {
         // Downstream is linked by now: a consumer that needs the natural layout gets a pool
         // upstream cannot pad (layout.rs).
         let natural_for = downstream::zero_offset_consumer(self.obj().src_pad());
+        // An upstream that imports dma-bufs into a device gets a pool of dma-bufs (upstream.rs).
+        let importer = upstream::dmabuf_importer(self.obj().sink_pad());
         let mut state = self.state.lock().unwrap();
         let state = state
             .as_mut()
             .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+        let dmabufs = importer.is_some() && state.backing != Backing::Heap;
         // The allocator of the pool proposed for these caps, so that the configuration a
         // decoder sets again on that pool is the one it set before.
         let reused = state
             .proposed
             .as_ref()
-            .filter(|(proposed, _, _)| *proposed == caps && state.natural_for == natural_for)
+            .filter(|(proposed, _, a)| {
+                *proposed == caps
+                    && state.natural_for == natural_for
+                    && a.is::<UdmabufAllocator>() == dmabufs
+            })
             .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
         let Some(allocator) = reused
             .as_ref()
             .map(|(_, a)| a.clone())
-            .or_else(|| self.zero_copy_allocator(state))
+            .or_else(|| self.zero_copy_allocator(state, importer.as_deref()))
         else {
             return Ok(());
         };
@@ -541,9 +550,7 @@ impl BaseTransformImpl for VmemExport {
                 .is_some_and(|b| crate::memory::is_all_dmabuf(&b))
             && let Some(buffer) = self.take_queued_buffer()
         {
-            let mut stats = self.stats.lock().unwrap();
-            stats.frames += 1;
-            stats.passthrough += 1;
+            self.stats.lock().unwrap().count_dmabuf_frame(&buffer);
             return Ok(GenerateOutputSuccess::Buffer(buffer));
         }
         self.parent_generate_output()

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: MPL-2.0
+//! What vmemexport must know about the element that fills its proposed pool.
+//!
+//! An element that imports dma-bufs into a device (a V4L2 capture device with
+//! `io-mode=dmabuf-import`: v4l2src, or the capture side of a V4L2 decoder or converter)
+//! takes the pool vmemexport proposes and hands the fds of its buffers to the kernel, so the
+//! buffers must be dma-buf memory. The ALLOCATION query does not say so (its caps are plain
+//! `video/x-raw`; GStreamer's V4L2 elements only check the memory type once the pool is
+//! active, failing with "Failed to allocate required memory"), so vmemexport asks the element.
+
+use gst::prelude::*;
+
+use super::downstream::{FORWARDERS, MAX_HOPS};
+
+/// The properties by which GStreamer's V4L2 elements choose how their capture queue gets its
+/// buffers (`GstV4l2IOMode`): `io-mode` on v4l2src, `capture-io-mode` on the memory-to-memory
+/// elements (decoders, encoders, converters).
+const IO_MODE_PROPERTIES: &[&str] = &["capture-io-mode", "io-mode"];
+
+/// The `GstV4l2IOMode` value that imports downstream's dma-bufs.
+const DMABUF_IMPORT: &str = "dmabuf-import";
+
+/// The element upstream of `sink` (through queues, capsfilters, tees and bins) that will
+/// import the buffers of the pool vmemexport proposes as dma-bufs, if any.
+pub fn dmabuf_importer(sink: &gst::Pad) -> Option<String> {
+    let mut todo: Vec<(gst::Pad, usize)> = sink.peer().into_iter().map(|p| (p, 0)).collect();
+    while let Some((pad, hops)) = todo.pop() {
+        if hops > MAX_HOPS {
+            continue;
+        }
+        // Out of a bin upstream: its src ghost pad leads to the element inside.
+        if let Some(ghost) = pad.downcast_ref::<gst::GhostPad>() {
+            if let Some(target) = ghost.target() {
+                todo.push((target, hops + 1));
+            }
+            continue;
+        }
+        // Out of our own bin: vmemexport's sink is linked to a sink ghost pad's internal proxy.
+        if let Some(proxy) = pad.downcast_ref::<gst::ProxyPad>()
+            && let Some(ghost) = proxy.parent().and_downcast::<gst::GhostPad>()
+        {
+            todo.extend(ghost.peer().map(|p| (p, hops + 1)));
+            continue;
+        }
+        let Some(element) = pad.parent_element() else {
+            continue;
+        };
+        if imports_dmabufs(&element) {
+            return Some(format!("{} ({})", element.name(), element.type_().name()));
+        }
+        if FORWARDERS.contains(&element.type_().name()) {
+            for sink in element.sink_pads() {
+                todo.extend(sink.peer().map(|p| (p, hops + 1)));
+            }
+        }
+    }
+    None
+}
+
+/// Whether `element`'s capture side is set to import dma-bufs.
+fn imports_dmabufs(element: &gst::Element) -> bool {
+    let Some(pspec) = IO_MODE_PROPERTIES
+        .iter()
+        .find_map(|name| element.find_property(name))
+    else {
+        return false;
+    };
+    if !pspec.flags().contains(gst::glib::ParamFlags::READABLE) {
+        return false;
+    }
+    let value = element.property_value(pspec.name());
+    gst::glib::EnumValue::from_value(&value).is_some_and(|(_, v)| v.nick() == DMABUF_IMPORT)
+}
