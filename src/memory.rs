@@ -144,6 +144,23 @@ fn alloc_fd(
     Ok(mem)
 }
 
+/// Marks `allocator` (a GstFdAllocator subclass, which GStreamer flags as allocating only
+/// through its own API) as one that allocates through `gst_allocator_alloc` like any other:
+/// a pool's allocator, and where a deep copy of its memory lands (GstVideoDecoder makes one
+/// when a decoder still holds the frame mapped for writing), so the copy is exportable too.
+pub(crate) fn allocate_through_gst_allocator_alloc(allocator: &gst::Allocator) {
+    allocator.unset_object_flags(gst::ObjectFlags::from_bits_retain(
+        gst::ffi::GST_ALLOCATOR_FLAG_CUSTOM_ALLOC,
+    ));
+}
+
+/// Names a fresh dma-buf, so it can be recognised in debugfs and fdinfo: a debugging aid, so
+/// a kernel that cannot name it changes nothing.
+pub(crate) fn name_dmabuf(fd: &std::os::fd::OwnedFd, name: &str) {
+    use std::os::fd::AsFd;
+    let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(fd.as_fd()), name);
+}
+
 /// The dma-buf fd of `mem`, if it is dma-buf memory.
 pub fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<kernel::DmaBuf<'_>> {
     let fd = mem

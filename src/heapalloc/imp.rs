@@ -6,7 +6,6 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_allocators::subclass::prelude::*;
-use std::os::fd::AsFd;
 
 use crate::kernel::{self, Heap};
 use crate::memory;
@@ -152,11 +151,7 @@ unsafe impl AllocatorImpl for DmaHeapAllocator {
             |maxsize| {
                 let heap = self.heap()?;
                 let fd = heap.allocate(maxsize)?;
-                // Naming is a debugging aid: a kernel without it must not fail the allocation.
-                let _ = kernel::set_dmabuf_name(
-                    kernel::DmaBuf::known(fd.as_fd()),
-                    &format!("heapalloc:{}", heap.name()),
-                );
+                memory::name_dmabuf(&fd, &format!("heapalloc:{}", heap.name()));
                 Ok(fd)
             },
         )

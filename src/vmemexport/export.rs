@@ -7,7 +7,7 @@
 //! position inside its first page as the memory's offset; anything else is refused, and the
 //! caller copies.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use gst_allocators::prelude::*;
 
@@ -290,8 +290,7 @@ impl Exporter {
         offset: usize,
         size: usize,
     ) -> Result<gst::Memory, String> {
-        // A name is a debugging aid (debugfs, fdinfo); failing to set it changes nothing.
-        let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(dmabuf.as_fd()), &self.name);
+        crate::memory::name_dmabuf(&dmabuf, &self.name);
         // SAFETY: the fd is a fresh dma-buf that the memory takes over.
         let mut export = unsafe { self.dmabuf_allocator.alloc_dmabuf(dmabuf, len) }
             .map_err(|e| e.to_string())?;

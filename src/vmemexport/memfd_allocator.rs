@@ -129,16 +129,7 @@ mod imp {
     impl ObjectImpl for MemfdAllocator {
         fn constructed(&self) {
             self.parent_constructed();
-            // GstFdAllocator is marked as allocating only through its own API. This one
-            // allocates through gst_allocator_alloc like any allocator, and saying so matters:
-            // a deep copy of one of its memories (GstVideoDecoder makes one when the decoder
-            // still holds the frame mapped for writing, as avdec_* and vpxdec do with
-            // reference frames) then lands in another memfd, exportable as it is, instead of
-            // in system memory that vmemexport would have to copy once more.
-            self.obj()
-                .unset_object_flags(gst::ObjectFlags::from_bits_retain(
-                    gst::ffi::GST_ALLOCATOR_FLAG_CUSTOM_ALLOC,
-                ));
+            memory::allocate_through_gst_allocator_alloc(self.obj().upcast_ref());
         }
     }
     impl GstObjectImpl for MemfdAllocator {}

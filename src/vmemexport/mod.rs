@@ -40,6 +40,7 @@ mod release;
 mod stats;
 mod udmabuf_allocator;
 mod upstream;
+mod walk;
 
 pub use memfd_allocator::MemfdAllocator;
 

@@ -114,12 +114,7 @@ mod imp {
     impl ObjectImpl for UdmabufAllocator {
         fn constructed(&self) {
             self.parent_constructed();
-            // Allocating through gst_allocator_alloc is this allocator's normal use (a pool's
-            // allocator), and a deep copy of its memory then lands in another of its dma-bufs.
-            self.obj()
-                .unset_object_flags(gst::ObjectFlags::from_bits_retain(
-                    gst::ffi::GST_ALLOCATOR_FLAG_CUSTOM_ALLOC,
-                ));
+            memory::allocate_through_gst_allocator_alloc(self.obj().upcast_ref());
         }
     }
     impl GstObjectImpl for UdmabufAllocator {}
@@ -155,8 +150,7 @@ mod imp {
                     // whole file.
                     memfd.add_seals(SealFlags::GROW)?;
                     let dmabuf = udmabuf.create(memfd.as_fd(), 0, maxsize as u64)?;
-                    // A debugging aid (debugfs, fdinfo): failing to set it changes nothing.
-                    let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(dmabuf.as_fd()), name);
+                    memory::name_dmabuf(&dmabuf, name);
                     gst::debug!(CAT, imp = self, "exported a {maxsize}-byte memfd");
                     Ok(dmabuf)
                 },

@@ -10,7 +10,7 @@
 
 use gst::prelude::*;
 
-use super::downstream::{FORWARDERS, MAX_HOPS};
+use super::walk;
 
 /// The properties by which GStreamer's V4L2 elements choose how their capture queue gets its
 /// buffers (`GstV4l2IOMode`): `io-mode` on v4l2src, `capture-io-mode` on the memory-to-memory
@@ -23,38 +23,9 @@ const DMABUF_IMPORT: &str = "dmabuf-import";
 /// The element upstream of `sink` (through queues, capsfilters, tees and bins) that will
 /// import the buffers of the pool vmemexport proposes as dma-bufs, if any.
 pub fn dmabuf_importer(sink: &gst::Pad) -> Option<String> {
-    let mut todo: Vec<(gst::Pad, usize)> = sink.peer().into_iter().map(|p| (p, 0)).collect();
-    while let Some((pad, hops)) = todo.pop() {
-        if hops > MAX_HOPS {
-            continue;
-        }
-        // Out of a bin upstream: its src ghost pad leads to the element inside.
-        if let Some(ghost) = pad.downcast_ref::<gst::GhostPad>() {
-            if let Some(target) = ghost.target() {
-                todo.push((target, hops + 1));
-            }
-            continue;
-        }
-        // Out of our own bin: vmemexport's sink is linked to a sink ghost pad's internal proxy.
-        if let Some(proxy) = pad.downcast_ref::<gst::ProxyPad>()
-            && let Some(ghost) = proxy.parent().and_downcast::<gst::GhostPad>()
-        {
-            todo.extend(ghost.peer().map(|p| (p, hops + 1)));
-            continue;
-        }
-        let Some(element) = pad.parent_element() else {
-            continue;
-        };
-        if imports_dmabufs(&element) {
-            return Some(format!("{} ({})", element.name(), element.type_().name()));
-        }
-        if FORWARDERS.contains(&element.type_().name()) {
-            for sink in element.sink_pads() {
-                todo.extend(sink.peer().map(|p| (p, hops + 1)));
-            }
-        }
-    }
-    None
+    walk::find_beyond(sink, |element| {
+        imports_dmabufs(element).then(|| format!("{} ({})", element.name(), element.type_().name()))
+    })
 }
 
 /// Whether `element`'s capture side is set to import dma-bufs.
