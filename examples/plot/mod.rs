@@ -495,7 +495,7 @@ fn plot_decoder(root: &Area, r: &Results) -> Res<()> {
     let panels = body.split_evenly((1, 3));
     let metrics = [
         ("CPU time per frame", "ms"),
-        ("bytes copied per frame", "MiB"),
+        ("bytes copied per frame (as GStreamer logs them)", "MiB"),
         ("peak RSS", "MiB"),
     ];
     for (mi, (area, (title, unit))) in panels.iter().zip(metrics).enumerate() {
