@@ -824,6 +824,12 @@ fn v4l2_decoder_decodes_into_our_dmabufs() {
     // from its own MMAP buffers. (With plain caps: on 1.26+ the decoder prefers
     // memory:DMABuf, which makes vmemexport pass the query through to downstream.)
     init();
+    if gst_version() < (1, 24) {
+        // Known gap, in the README: in the 1.22 userland this pipeline never finished in the
+        // guest (the process did not even end on SIGTERM), so it is not run there.
+        eprintln!("NOT RUN on GStreamer 1.22: v4l2fwhtdec capture-io-mode=dmabuf-import hangs");
+        return;
+    }
     let frames = 5;
     let encode = format!(
         "videotestsrc num-buffers={frames} pattern=ball ! {I420_720P} ! v4l2fwhtenc ! v4l2fwhtdec"
