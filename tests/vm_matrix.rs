@@ -109,10 +109,12 @@ fn encoded(codec: &Codec, (width, height): (u32, u32), frames: usize) -> PathBuf
 
 /// `codec`'s decoder decoding its stream: the producer of a row.
 fn decoding(codec: &Codec, size: (u32, u32), frames: usize) -> String {
+    let padded = !size.0.is_multiple_of(16) && codec.decode.contains("avdec_");
     format!(
-        "filesrc location={} ! {}",
+        "filesrc location={} ! {} {}",
         encoded(codec, size, frames).display(),
-        codec.decode
+        codec.decode,
+        if padded { AVDEC_AT_PADDED_SIZES } else { "" }
     )
 }
 

@@ -398,9 +398,10 @@ fn software_decoders_leave_without_copies() {
     // exported once.
     init();
     let frames = 20;
+    let padded = format!("{H264_FILE_TO_AVDEC} {AVDEC_AT_PADDED_SIZES}");
     for (decoder, size) in [
         (H264_FILE_TO_AVDEC, (640, 480)),
-        (H264_FILE_TO_AVDEC, (854, 480)),
+        (padded.as_str(), (854, 480)),
         (
             "vp9enc deadline=1 ! matroskamux | matroskademux ! vp9dec",
             (640, 480),

@@ -18,7 +18,10 @@ const MAX_EXPORTS: u64 = 16;
 fn decode(encoder: &str, decoder: &str, caps: &str, frames: usize) -> gst::Structure {
     let tag = format!(
         "vm_producers-{}",
-        decoder.split_whitespace().last().unwrap()
+        decoder
+            .split_whitespace()
+            .rfind(|w| !w.contains('='))
+            .unwrap()
     );
     let src = format!(
         "{} ! {decoder}",
@@ -46,12 +49,13 @@ const H264: &str =
 fn libav_decoders_leave_without_copies() {
     init();
     let frames = 20;
+    let padded = format!("h264parse ! avdec_h264 {AVDEC_AT_PADDED_SIZES}");
     for (encoder, decoder, caps) in [
         (H264, "h264parse ! avdec_h264", I420_640),
         // 854 is padded to 864 by libav: avdec_h264 renegotiates on every frame.
         (
             H264,
-            "h264parse ! avdec_h264",
+            padded.as_str(),
             "video/x-raw,format=I420,width=854,height=480",
         ),
         (
