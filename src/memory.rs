@@ -265,6 +265,51 @@ pub(crate) fn name_dmabuf(fd: &std::os::fd::OwnedFd, name: &str) {
     let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(fd.as_fd()), name);
 }
 
+/// A Rust value GStreamer keeps on a memory or buffer (as its qdata under a quark) until the
+/// object is finalized or the value replaced; then [`Attached::released`] gets it back.
+pub(crate) trait Attached: Sized + Send + 'static {
+    /// Takes the value back when GStreamer lets it go; drops it unless said otherwise. It runs
+    /// inside a C callback on whichever thread drops the object: it must not block, and a
+    /// panic is caught there.
+    fn released(self) {}
+}
+
+/// Attaches `value` to `obj` under `quark`, releasing what was attached there before.
+pub(crate) fn attach<T: Attached>(obj: &gst::MiniObjectRef, quark: glib::Quark, value: T) {
+    unsafe extern "C" fn release<T: Attached>(data: glib::ffi::gpointer) {
+        // SAFETY: `data` is the box `attach` stored for this `T`; GLib calls this once.
+        let value = unsafe { Box::from_raw(data.cast::<T>()) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || value.released()));
+    }
+    // SAFETY: `obj` is a valid mini object; the qdata owns the box until `release` takes it
+    // back (the qdata replaced or `obj` finalized).
+    unsafe {
+        gst::ffi::gst_mini_object_set_qdata(
+            obj.as_mut_ptr(),
+            quark.into_glib(),
+            Box::into_raw(Box::new(value)).cast(),
+            Some(release::<T>),
+        );
+    }
+}
+
+/// The value attached to `obj` under `quark`, if any.
+///
+/// # Safety
+/// Only [`attach`] with this `T` attaches anything to such objects under `quark`, and nothing
+/// replaces it while the returned borrow lives (the caller holds the only use of `obj`).
+pub(crate) unsafe fn attached<T: Attached>(
+    obj: &gst::MiniObjectRef,
+    quark: glib::Quark,
+) -> Option<&T> {
+    // SAFETY: by the caller's promise the qdata is NULL or a live `Box<T>` owned by `obj`.
+    unsafe {
+        gst::ffi::gst_mini_object_get_qdata(obj.as_mut_ptr(), quark.into_glib())
+            .cast::<T>()
+            .as_ref()
+    }
+}
+
 /// The dma-buf fd of `mem`, if it is dma-buf memory.
 pub fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<kernel::DmaBuf<'_>> {
     let fd = mem
@@ -299,6 +344,40 @@ pub(crate) fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attached_value_is_released_once_when_replaced_or_its_object_freed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RELEASED: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+        struct Tag(usize);
+        impl Attached for Tag {
+            fn released(self) {
+                RELEASED[self.0].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        gst::init().unwrap();
+        let quark = glib::Quark::from_str("GstVmemAttachTest");
+        let count = |i: usize| RELEASED[i].load(Ordering::SeqCst);
+        let mem = gst::Memory::with_size(16);
+        attach(mem.upcast_ref(), quark, Tag(0));
+        // SAFETY: only this test attaches under `quark`, always a Tag.
+        assert_eq!(
+            unsafe { attached::<Tag>(mem.upcast_ref(), quark) }.map(|t| t.0),
+            Some(0)
+        );
+        attach(mem.upcast_ref(), quark, Tag(1));
+        assert_eq!((count(0), count(1)), (1, 0), "the replaced value, released");
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { attached::<Tag>(mem.upcast_ref(), quark) }.map(|t| t.0),
+            Some(1)
+        );
+        drop(mem);
+        assert_eq!((count(0), count(1)), (1, 1), "released with its memory");
+        let other = gst::Memory::with_size(16);
+        // SAFETY: as above.
+        assert!(unsafe { attached::<Tag>(other.upcast_ref(), quark) }.is_none());
+    }
 
     #[test]
     fn allocation_failures_are_classified_by_cause() {
