@@ -170,7 +170,7 @@ fn waylandsink_on_weston(format: &str) {
         eprintln!("skipped: the 1.22 userland (the host's root) has no Wayland compositor");
         return;
     }
-    let log = LogCapture::new(&["wl_dmabuf", "wl_shm"], gst::DebugLevel::Debug);
+    let log = wl_log();
     let ((pipeline, caps, result), seen, crashes) = on_fresh_weston(format, &log, |socket| {
         let pipeline = launch(&format!(
             "{} ! vmemexport name=v ! waylandsink name=w display={}",

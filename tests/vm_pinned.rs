@@ -398,9 +398,10 @@ fn software_decoders_leave_without_copies() {
     // exported once.
     init();
     let frames = 20;
+    let padded = format!("{H264_FILE_TO_AVDEC} {AVDEC_AT_PADDED_SIZES}");
     for (decoder, size) in [
         (H264_FILE_TO_AVDEC, (640, 480)),
-        (H264_FILE_TO_AVDEC, (854, 480)),
+        (padded.as_str(), (854, 480)),
         (
             "vp9enc deadline=1 ! matroskamux | matroskademux ! vp9dec",
             (640, 480),
@@ -415,6 +416,53 @@ fn software_decoders_leave_without_copies() {
         // the libav decoders' exports without the module.
         decode_without_copies(decoder, size, frames, "");
     }
+}
+
+/// vp9dec into waylandsink on weston (1.26 and 1.28: the 1.22 userland has no compositor):
+/// downstream reads VideoMeta, so vpxdec pushes libvpx's frame buffers from its own pool.
+/// With the module they leave pinned where they are, none copied (without it vmemexport
+/// copies the first ones and vpxdec then writes into the pool: vm_matrix).
+#[test]
+#[ignore = "needs the VM testbed"]
+fn vp9dec_frames_reach_waylandsink_pinned() {
+    init();
+    let what = "vp9dec -> vmemexport -> waylandsink (vmemexp)";
+    if gst_version() < (1, 26) {
+        eprintln!("{what}: the 1.22 userland has no Wayland compositor");
+        return;
+    }
+    let frames = 20;
+    let src = encoded_source(
+        "vm_pinned-vp9-waylandsink",
+        "video/x-raw,format=I420,width=640,height=480",
+        "vp9enc deadline=1 ! matroskamux",
+        frames,
+    );
+    let log = common::weston::wl_log();
+    let (v, seen, crashes) = common::weston::on_fresh_weston(what, &log, |socket| {
+        let pipeline = launch(&format!(
+            "{src} ! matroskademux ! vp9dec ! vmemexport name=v ! waylandsink sync=false \
+             display={}",
+            socket.display()
+        ));
+        let result = run_for(&pipeline, std::time::Duration::from_secs(300));
+        (element(&pipeline, "v"), result.error)
+    });
+    let (v, error) = v;
+    assert!(error.is_none(), "{what}: {error:?}");
+    eprintln!(
+        "{what}: {} linux-dmabuf wl_buffers, {} wl_shm, {crashes} weston crashes before; {}",
+        seen.dmabuf,
+        seen.shm,
+        v.property::<gst::Structure>("stats")
+    );
+    assert_pinned_zero_copy(&v, frames as u64);
+    let pinned = stat(&v, "pinned-exports");
+    assert!(
+        (1..=16).contains(&pinned),
+        "one export per vpxdec frame buffer, not per frame: {pinned} for {frames} frames"
+    );
+    common::weston::assert_dmabuf_wl_buffers(what, &seen);
 }
 
 #[test]

@@ -175,6 +175,11 @@ impl Exporter {
         }
     }
 
+    /// Whether system memory that is not from the proposed pool can leave in place (vmemexp).
+    pub fn can_pin(&self) -> bool {
+        self.vmemexp.is_ok()
+    }
+
     /// Largest frame the backend will export, if it exports any.
     pub fn size_limit(&self) -> Option<u64> {
         self.backend.size_limit()

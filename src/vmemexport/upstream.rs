@@ -1,6 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 //! What vmemexport must know about the element that fills its proposed pool.
 //!
+//! A decoder that pushes frames of its own memory whenever downstream reads VideoMeta: vpxdec
+//! (vp8dec, vp9dec) makes its frame pool for libvpx at the first frame, before it negotiates,
+//! with the default allocator, and pushes those frames as they are while VideoMeta is allowed
+//! (up to GStreamer 1.28 that choice sticks after a renegotiation). Without vmemexp such frames
+//! are copied; told that VideoMeta is not read, it copies each frame into the proposed pool
+//! instead (the same one copy, into exportable memory, exports bounded by the pool).
+//!
 //! An element that imports dma-bufs into a device (a V4L2 capture device with
 //! `io-mode=dmabuf-import`: v4l2src, or the capture side of a V4L2 decoder or converter)
 //! takes the pool vmemexport proposes and hands the fds of its buffers to the kernel, so the
@@ -41,4 +48,17 @@ fn imports_dmabufs(element: &gst::Element) -> bool {
     }
     let value = element.property_value(pspec.name());
     gst::glib::EnumValue::from_value(&value).is_some_and(|(_, v)| v.nick() == DMABUF_IMPORT)
+}
+
+/// GStreamer base classes of decoders that push their own frames when VideoMeta is offered.
+const OWN_FRAME_DECODERS: &[&str] = &["GstVPXDec"];
+
+/// The decoder upstream of `sink` that pushes frames from its own memory when it may use
+/// VideoMeta (see the module's doc), if any.
+pub fn own_frame_decoder(sink: &gst::Pad) -> Option<String> {
+    walk::find_beyond(sink, |element| {
+        std::iter::successors(Some(element.type_()), |t| t.parent())
+            .any(|t| OWN_FRAME_DECODERS.contains(&t.name()))
+            .then(|| format!("{} ({})", element.name(), element.type_().name()))
+    })
 }

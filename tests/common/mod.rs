@@ -234,6 +234,14 @@ pub fn exported_by(
     }
 }
 
+/// avdec_*'s properties for streams libav pads (854x480 is decoded as 864x480). There
+/// gst-libav renegotiates on every frame, and with frame threads its libav threads replace its
+/// internal pool while the streaming thread picks that pool as the output pool: now and then
+/// gst-libav's own g_error "video meta uses 864x480 instead of 854x480" aborts the process,
+/// with or without vmemexport (README, "Producer matrix"). One decoding thread takes the race
+/// away and keeps the padded path: the per-frame renegotiation and the padded pool.
+pub const AVDEC_AT_PADDED_SIZES: &str = "max-threads=1";
+
 /// Encodes `frames` of videotestsrc's ball in `caps` with `encoder` into a file named after
 /// `tag`, once; the `filesrc` that plays it back.
 pub fn encoded_source(tag: &str, caps: &str, encoder: &str, frames: usize) -> String {

@@ -180,6 +180,11 @@ pub struct WlBuffers {
     pub timeouts: usize,
 }
 
+/// A capture of what waylandsink says about its wl_buffers, for [`on_fresh_weston`].
+pub fn wl_log() -> LogCapture {
+    LogCapture::new(&["wl_dmabuf", "wl_shm"], gst::DebugLevel::Debug)
+}
+
 pub fn wl_buffers(log: &LogCapture) -> WlBuffers {
     WlBuffers {
         dmabuf: log.count("wl_dmabuf", "created linux_dmabuf wl_buffer"),

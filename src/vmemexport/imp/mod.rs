@@ -408,6 +408,7 @@ impl BaseTransformImpl for VmemExport {
         let natural_for = downstream::zero_offset_consumer(self.obj().src_pad());
         // An upstream that imports dma-bufs into a device gets a pool of dma-bufs (upstream.rs).
         let importer = upstream::dmabuf_importer(self.obj().sink_pad());
+        let own_frames = upstream::own_frame_decoder(self.obj().sink_pad());
         let mut state = self.state.lock().unwrap();
         let state = state
             .as_mut()
@@ -469,16 +470,19 @@ impl BaseTransformImpl for VmemExport {
         query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
         // A decoder told that downstream reads VideoMeta pushes its own padded frames when the
         // pool takes no alignment (avdec_* reuses its internal pool); without it, it copies
-        // them into the pool in the natural layout.
-        if natural_for.is_none() {
+        // them into the pool in the natural layout. vpxdec pushes its own frames whatever the
+        // pool (upstream.rs): only vmemexp can export those in place.
+        let own_frames = own_frames.filter(|_| !state.exporter.can_pin());
+        if natural_for.is_none() && own_frames.is_none() {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
         }
         gst::debug!(
             CAT,
             imp = self,
-            "proposed {:?} pool for {caps}, natural layout for {}",
+            "proposed {:?} pool for {caps}, natural layout for {}, no VideoMeta for {}",
             state.backing,
-            natural_for.as_deref().unwrap_or("nobody")
+            natural_for.as_deref().unwrap_or("nobody"),
+            own_frames.as_deref().unwrap_or("nobody")
         );
         Ok(())
     }
