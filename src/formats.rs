@@ -277,6 +277,20 @@ pub fn video_info_from_caps(caps: &gst::CapsRef) -> Option<(gst_video::VideoInfo
     Some((info, kind))
 }
 
+/// For tests that sweep formats: each of [`formats`] at each of `sizes` it has a frame of
+/// (some layouts, tiled or subsampled, have none at some sizes).
+#[cfg(test)]
+pub(crate) fn video_infos(sizes: &[(u32, u32)]) -> Vec<gst_video::VideoInfo> {
+    gst::init().unwrap();
+    formats()
+        .flat_map(|format| {
+            sizes
+                .iter()
+                .filter_map(move |&(w, h)| gst_video::VideoInfo::builder(format, w, h).build().ok())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

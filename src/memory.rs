@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use gst::glib;
 use gst::glib::translate::*;
+use gst::subclass::prelude::*;
 
 use gst_allocators::prelude::*;
 
@@ -37,34 +38,73 @@ impl AllocOwner {
     }
 }
 
-/// The body of an fd-backed allocator's `alloc`: `make_fd(maxsize)` creates the backing fd
-/// of `maxsize` bytes (whole pages, room for `params`' prefix and padding), which becomes a
-/// memory of `allocator` whose data starts at the prefix and is `size` bytes long. Failures
-/// (a zero or absurd size included) are logged on `cat`, posted as an error of `owner` if
-/// there is one, and give NULL, as GstAllocator's `alloc` reports them. It is called from C
-/// (`gst_allocator_alloc`), so a panic is caught here and becomes NULL too.
-pub(crate) fn alloc_fd_memory(
-    allocator: &impl IsA<gst_allocators::FdAllocator>,
-    cat: gst::DebugCategory,
-    owner: &AllocOwner,
+/// What sets one of this crate's fd-backed allocators apart (`Self` is its imp struct):
+/// [`fd_allocator_subclass!`] makes the GObject type around it, and its `alloc` is
+/// [`alloc_fd_memory`].
+pub(crate) trait FdSource: ObjectSubclass {
+    /// How its memories are mapped.
+    const FLAGS: gst_allocators::FdMemoryFlags;
+
+    /// Where its failures are logged.
+    fn category() -> gst::DebugCategory;
+
+    /// The element its failures are errors of.
+    fn owner(&self) -> &AllocOwner;
+
+    /// A new fd of `maxsize` bytes (whole pages).
+    fn make_fd(&self, maxsize: usize) -> Result<OwnedFd, kernel::Error>;
+
+    /// A released memory kept for reuse that fits `size` bytes with `params`, resized to
+    /// them, to hand out instead of a new one. None by default: nothing is kept.
+    fn reuse(&self, _size: usize, _params: &gst::AllocationParams) -> Option<gst::Memory> {
+        None
+    }
+
+    /// Prepares a new memory, not yet seen by anyone, before it is handed out.
+    fn adopt(&self, _mem: &mut gst::Memory) {}
+}
+
+/// The body of an [`FdSource`] allocator's `alloc`: a kept memory if [`FdSource::reuse`] has
+/// one, else [`FdSource::make_fd`] creates the backing fd of `maxsize` bytes (whole pages,
+/// room for `params`' prefix and padding), which becomes a memory whose data starts at the
+/// prefix and is `size` bytes long. Failures (a zero or absurd size included) are logged,
+/// posted as an error of the owner if there is one, and give NULL, as GstAllocator's `alloc`
+/// reports them. It is called from C (`gst_allocator_alloc`), so a panic is caught here and
+/// becomes NULL too.
+pub(crate) fn alloc_fd_memory<A>(
+    imp: &A,
     size: usize,
     params: &gst::AllocationParams,
-    flags: gst_allocators::FdMemoryFlags,
-    make_fd: impl FnOnce(usize) -> Result<OwnedFd, kernel::Error>,
-) -> *mut gst::ffi::GstMemory {
+) -> *mut gst::ffi::GstMemory
+where
+    A: FdSource,
+    A::Type: IsA<gst_allocators::FdAllocator>,
+{
+    let allocator = imp.obj();
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        alloc_fd(allocator, size, params, flags, make_fd)
+        if let Some(mem) = imp.reuse(size, params) {
+            return Ok(mem);
+        }
+        let mut mem = alloc_fd(&*allocator, size, params, A::FLAGS, |maxsize| {
+            imp.make_fd(maxsize)
+        })?;
+        imp.adopt(&mut mem);
+        Ok(mem)
     }));
     let err = match attempt {
         Ok(Ok(mem)) => return mem.into_glib_ptr(),
         Ok(Err(err)) => err,
         Err(_) => AllocError::Bug,
     };
-    gst::error!(cat, obj = allocator, "cannot allocate {size} bytes: {err}");
+    gst::error!(
+        A::category(),
+        obj = &*allocator,
+        "cannot allocate {size} bytes: {err}"
+    );
     // A request no one can satisfy is the caller's bug, reported to it by NULL; an element
     // error is for what the system lacks (memory, fds, permissions), which the user can fix.
     if !matches!(err, AllocError::Size(_))
-        && let Some(owner) = owner.get()
+        && let Some(owner) = imp.owner().get()
     {
         let text = format!("Cannot allocate a {size}-byte frame: {err}");
         match err.resource_error() {
@@ -81,6 +121,70 @@ pub(crate) fn alloc_fd_memory(
         }
     }
     std::ptr::null_mut()
+}
+
+/// The GObject type of an fd-backed allocator whose imp struct is an [`FdSource`]: registered
+/// as `name`, a subclass of `parent` (`FdAllocator` or `DmaBufAllocator`), allocating through
+/// [`alloc_fd_memory`]. With `through_gst_allocator_alloc: true` its `ObjectImpl` is made too,
+/// and marks it as [`allocate_through_gst_allocator_alloc`] says; with `false` the allocator
+/// writes its own (properties, say).
+macro_rules! fd_allocator_subclass {
+    (
+        imp: $imp:ident,
+        name: $name:literal,
+        wrapper: $wrapper:ty,
+        parent: $parent:ident,
+        through_gst_allocator_alloc: $through:tt $(,)?
+    ) => {
+        #[gst::glib::object_subclass]
+        impl gst::glib::subclass::types::ObjectSubclass for $imp {
+            const NAME: &'static str = $name;
+            type Type = $wrapper;
+            type ParentType = gst_allocators::$parent;
+        }
+
+        impl gst::subclass::prelude::GstObjectImpl for $imp {}
+        impl gst_allocators::subclass::prelude::FdAllocatorImpl for $imp {}
+        $crate::memory::fd_allocator_subclass!(@parent $parent $imp);
+        $crate::memory::fd_allocator_subclass!(@object $through $imp);
+
+        // SAFETY: `alloc` returns NULL or a memory made by this allocator via
+        // `gst_fd_allocator_alloc` (or one it made earlier and kept), which the parent's
+        // `free` releases.
+        unsafe impl gst::subclass::prelude::AllocatorImpl for $imp {
+            unsafe fn alloc(
+                &self,
+                size: usize,
+                params: &gst::AllocationParams,
+            ) -> *mut gst::ffi::GstMemory {
+                $crate::memory::alloc_fd_memory(self, size, params)
+            }
+        }
+    };
+    (@parent FdAllocator $imp:ident) => {};
+    (@parent DmaBufAllocator $imp:ident) => {
+        impl gst_allocators::subclass::prelude::DmaBufAllocatorImpl for $imp {}
+    };
+    (@object false $imp:ident) => {};
+    (@object true $imp:ident) => {
+        impl gst::glib::subclass::object::ObjectImpl for $imp {
+            fn constructed(&self) {
+                use gst::glib::prelude::*;
+                use gst::glib::subclass::prelude::*;
+                self.parent_constructed();
+                $crate::memory::allocate_through_gst_allocator_alloc(self.obj().upcast_ref());
+            }
+        }
+    };
+}
+pub(crate) use fd_allocator_subclass;
+
+/// A memfd of `size` bytes for udmabuf to export: sealed against shrinking (udmabuf's rule)
+/// and growing, so an export of the whole file covers it for good.
+pub(crate) fn export_memfd(size: usize) -> Result<kernel::Memfd, kernel::Error> {
+    let memfd = kernel::Memfd::new("vmemexport", size as u64)?;
+    memfd.add_seals(rustix::fs::SealFlags::GROW)?;
+    Ok(memfd)
 }
 
 /// Why an fd-backed allocation failed.
@@ -161,6 +265,51 @@ pub(crate) fn name_dmabuf(fd: &std::os::fd::OwnedFd, name: &str) {
     let _ = kernel::set_dmabuf_name(kernel::DmaBuf::known(fd.as_fd()), name);
 }
 
+/// A Rust value GStreamer keeps on a memory or buffer (as its qdata under a quark) until the
+/// object is finalized or the value replaced; then [`Attached::released`] gets it back.
+pub(crate) trait Attached: Sized + Send + 'static {
+    /// Takes the value back when GStreamer lets it go; drops it unless said otherwise. It runs
+    /// inside a C callback on whichever thread drops the object: it must not block, and a
+    /// panic is caught there.
+    fn released(self) {}
+}
+
+/// Attaches `value` to `obj` under `quark`, releasing what was attached there before.
+pub(crate) fn attach<T: Attached>(obj: &gst::MiniObjectRef, quark: glib::Quark, value: T) {
+    unsafe extern "C" fn release<T: Attached>(data: glib::ffi::gpointer) {
+        // SAFETY: `data` is the box `attach` stored for this `T`; GLib calls this once.
+        let value = unsafe { Box::from_raw(data.cast::<T>()) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || value.released()));
+    }
+    // SAFETY: `obj` is a valid mini object; the qdata owns the box until `release` takes it
+    // back (the qdata replaced or `obj` finalized).
+    unsafe {
+        gst::ffi::gst_mini_object_set_qdata(
+            obj.as_mut_ptr(),
+            quark.into_glib(),
+            Box::into_raw(Box::new(value)).cast(),
+            Some(release::<T>),
+        );
+    }
+}
+
+/// The value attached to `obj` under `quark`, if any.
+///
+/// # Safety
+/// Only [`attach`] with this `T` attaches anything to such objects under `quark`, and nothing
+/// replaces it while the returned borrow lives (the caller holds the only use of `obj`).
+pub(crate) unsafe fn attached<T: Attached>(
+    obj: &gst::MiniObjectRef,
+    quark: glib::Quark,
+) -> Option<&T> {
+    // SAFETY: by the caller's promise the qdata is NULL or a live `Box<T>` owned by `obj`.
+    unsafe {
+        gst::ffi::gst_mini_object_get_qdata(obj.as_mut_ptr(), quark.into_glib())
+            .cast::<T>()
+            .as_ref()
+    }
+}
+
 /// The dma-buf fd of `mem`, if it is dma-buf memory.
 pub fn dmabuf_fd(mem: &gst::MemoryRef) -> Option<kernel::DmaBuf<'_>> {
     let fd = mem
@@ -195,6 +344,40 @@ pub(crate) fn memory_ref(mem: &gst::MemoryRef) -> gst::Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attached_value_is_released_once_when_replaced_or_its_object_freed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static RELEASED: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+        struct Tag(usize);
+        impl Attached for Tag {
+            fn released(self) {
+                RELEASED[self.0].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        gst::init().unwrap();
+        let quark = glib::Quark::from_str("GstVmemAttachTest");
+        let count = |i: usize| RELEASED[i].load(Ordering::SeqCst);
+        let mem = gst::Memory::with_size(16);
+        attach(mem.upcast_ref(), quark, Tag(0));
+        // SAFETY: only this test attaches under `quark`, always a Tag.
+        assert_eq!(
+            unsafe { attached::<Tag>(mem.upcast_ref(), quark) }.map(|t| t.0),
+            Some(0)
+        );
+        attach(mem.upcast_ref(), quark, Tag(1));
+        assert_eq!((count(0), count(1)), (1, 0), "the replaced value, released");
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { attached::<Tag>(mem.upcast_ref(), quark) }.map(|t| t.0),
+            Some(1)
+        );
+        drop(mem);
+        assert_eq!((count(0), count(1)), (1, 1), "released with its memory");
+        let other = gst::Memory::with_size(16);
+        // SAFETY: as above.
+        assert!(unsafe { attached::<Tag>(other.upcast_ref(), quark) }.is_none());
+    }
 
     #[test]
     fn allocation_failures_are_classified_by_cause() {

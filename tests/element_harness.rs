@@ -58,6 +58,21 @@ fn negotiate_pool(h: &mut Harness) -> gst::BufferPool {
     pool
 }
 
+/// [`harness`] with its input negotiated and the pool it proposes, active.
+fn pooled_harness(
+    properties: &[(&str, &dyn ToValue)],
+) -> (Harness, gst::Element, gst::Bus, gst::BufferPool) {
+    let (mut h, element, bus) = harness(properties);
+    let pool = negotiate_pool(&mut h);
+    (h, element, bus, pool)
+}
+
+/// Pushes `frame` into vmemexport and returns what leaves it.
+fn pass(h: &mut Harness, frame: gst::Buffer) -> gst::Buffer {
+    h.push(frame).unwrap();
+    h.pull().unwrap()
+}
+
 /// vmemexport's answer to an upstream ALLOCATION query.
 struct Proposal {
     /// (pool, size, min, max) of each pool proposed.
@@ -188,14 +203,21 @@ fn output_caps(h: &Harness) -> gst::Caps {
     h.sinkpad().unwrap().current_caps().expect("output caps")
 }
 
+/// The caps and buffer a pool frame leaves vmemexport with, downstream accepting `downstream`
+/// caps (anything if None).
+fn first_output(downstream: Option<&str>) -> (gst::Caps, gst::Buffer) {
+    let (mut h, _element, _bus) = harness(&[]);
+    if let Some(caps) = downstream {
+        h.set_sink_caps_str(caps);
+    }
+    let pool = negotiate_pool(&mut h);
+    let out = pass(&mut h, pool_frame(&pool, 0, pattern(1)));
+    (output_caps(&h), out)
+}
+
 #[test]
 fn plain_caps_in_leave_as_dmabuf_caps() {
-    let (mut h, _element, _bus) = harness(&[]);
-    let pool = negotiate_pool(&mut h);
-    h.push(pool_frame(&pool, 0, pattern(1))).unwrap();
-    let _out = h.pull().unwrap();
-
-    let caps = output_caps(&h);
+    let (caps, _out) = first_output(None);
     let s = caps.structure(0).unwrap();
     assert!(
         caps.features(0)
@@ -222,12 +244,7 @@ fn plain_caps_in_leave_as_dmabuf_caps() {
 
 #[test]
 fn legacy_dmabuf_caps_are_negotiated_on_every_version() {
-    let (mut h, _element, _bus) = harness(&[]);
-    h.set_sink_caps_str("video/x-raw(memory:DMABuf), format=BGRx");
-    let pool = negotiate_pool(&mut h);
-    h.push(pool_frame(&pool, 0, pattern(1))).unwrap();
-    let out = h.pull().unwrap();
-    let caps = output_caps(&h);
+    let (caps, out) = first_output(Some("video/x-raw(memory:DMABuf), format=BGRx"));
     let expected = gst::Caps::builder("video/x-raw")
         .features([gst_allocators::CAPS_FEATURE_MEMORY_DMABUF])
         .field("format", "BGRx")
@@ -241,12 +258,7 @@ fn legacy_dmabuf_caps_are_negotiated_on_every_version() {
 #[test]
 fn downstream_taking_plain_caps_still_gets_dmabuf_memory() {
     // 1.22's kmssink and V4L2 elements: plain caps, each buffer's memory checked.
-    let (mut h, _element, _bus) = harness(&[]);
-    h.set_sink_caps_str("video/x-raw");
-    let pool = negotiate_pool(&mut h);
-    h.push(pool_frame(&pool, 0, pattern(1))).unwrap();
-    let out = h.pull().unwrap();
-    let caps = output_caps(&h);
+    let (caps, out) = first_output(Some("video/x-raw"));
     assert!(
         caps.features(0)
             .unwrap()
@@ -347,15 +359,13 @@ fn propose_pool_false_proposes_no_pool_and_not_downstreams() {
 
 #[test]
 fn pool_frames_leave_as_dmabufs_of_the_same_pages() {
-    let (mut h, element, bus) = harness(&[]);
-    let pool = negotiate_pool(&mut h);
+    let (mut h, element, bus, pool) = pooled_harness(&[]);
 
     let frame = pool_frame(&pool, 7, pattern(3));
     let written = bytes_of(&frame);
     let in_inode = inode(frame.peek_memory(0));
     let in_mem = frame.peek_memory(0).as_ptr();
-    h.push(frame).unwrap();
-    let out = h.pull().unwrap();
+    let out = pass(&mut h, frame);
 
     assert_eq!(out.n_memory(), 1);
     let mem = out.peek_memory(0);
@@ -391,8 +401,7 @@ fn pool_frames_leave_as_dmabufs_of_the_same_pages() {
     // Released frames come back from the pool with their export: the same dma-buf memory
     // leaves again (importers cache per memory), no new export.
     for pts in 8..14 {
-        h.push(pool_frame(&pool, pts, pattern(pts as u8))).unwrap();
-        let out = h.pull().unwrap();
+        let out = pass(&mut h, pool_frame(&pool, pts, pattern(pts as u8)));
         assert_eq!(out.peek_memory(0).as_ptr(), first_export);
         assert_eq!(bytes_of(&out), bytes_of(&system_frame(pattern(pts as u8))));
     }
@@ -410,14 +419,10 @@ fn pool_frames_leave_as_dmabufs_of_the_same_pages() {
 
 #[test]
 fn frames_held_downstream_get_exports_of_their_own() {
-    let (mut h, element, _bus) = harness(&[]);
-    let pool = negotiate_pool(&mut h);
+    let (mut h, element, _bus, pool) = pooled_harness(&[]);
     // Downstream holds every frame: the pool grows, one export per buffer.
     let outs: Vec<gst::Buffer> = (0..4)
-        .map(|i| {
-            h.push(pool_frame(&pool, i, pattern(i as u8))).unwrap();
-            h.pull().unwrap()
-        })
+        .map(|i| pass(&mut h, pool_frame(&pool, i, pattern(i as u8))))
         .collect();
     let inodes: std::collections::HashSet<u64> =
         outs.iter().map(|b| inode(b.peek_memory(0))).collect();
@@ -433,8 +438,7 @@ fn foreign_memory_is_copied_counted_and_warned_once() {
     let (mut h, element, bus) = harness(&[]);
     h.set_src_caps(plain_caps());
     for seed in 0..3 {
-        h.push(system_frame(pattern(seed))).unwrap();
-        let out = h.pull().unwrap();
+        let out = pass(&mut h, system_frame(pattern(seed)));
         assert!(is_dmabuf(out.peek_memory(0)));
         // The copy lands in vmemexport's own memfds, and leaves as their export.
         let fd = out
@@ -487,8 +491,7 @@ fn foreign_memory_is_copied_counted_and_warned_once() {
         split.append_memory(gst::Memory::from_mut_slice(all[..half].to_vec()));
         split.append_memory(gst::Memory::from_mut_slice(all[half..].to_vec()));
     }
-    h.push(split).unwrap();
-    let out = h.pull().unwrap();
+    let out = pass(&mut h, split);
     assert_eq!(bytes_of(&out), bytes_of(&system_frame(pattern(9))));
     assert_eq!(copy_reason(&element, "memory-count"), 1);
     assert_eq!(stat(&element, "copies"), 4);
@@ -499,11 +502,11 @@ fn foreign_memory_is_copied_counted_and_warned_once() {
 
 #[test]
 fn strict_mode_refuses_the_copy_with_an_error() {
-    let (mut h, element, bus) = harness(&[("copy-fallback", &false)]);
-    let pool = negotiate_pool(&mut h);
+    let (mut h, element, bus, pool) = pooled_harness(&[("copy-fallback", &false)]);
     // Zero-copy frames still pass.
-    h.push(pool_frame(&pool, 0, pattern(1))).unwrap();
-    assert!(is_dmabuf(h.pull().unwrap().peek_memory(0)));
+    assert!(is_dmabuf(
+        pass(&mut h, pool_frame(&pool, 0, pattern(1))).peek_memory(0)
+    ));
 
     assert_eq!(h.push(system_frame(pattern(2))), Err(gst::FlowError::Error));
     assert!(
@@ -525,12 +528,31 @@ fn strict_mode_refuses_the_copy_with_an_error() {
 
 /// A buffer of dma-buf memory: the output of another vmemexport with the fake.
 fn dmabuf_frame(seed: u8) -> gst::Buffer {
-    let (mut h, _element, _bus) = harness(&[]);
-    let pool = negotiate_pool(&mut h);
-    h.push(pool_frame(&pool, 0, pattern(seed))).unwrap();
-    let out = h.pull().unwrap();
+    let (mut h, _element, _bus, pool) = pooled_harness(&[]);
+    let out = pass(&mut h, pool_frame(&pool, 0, pattern(seed)));
     assert!(is_dmabuf(out.peek_memory(0)));
     out
+}
+
+/// Pushes the first frame of dma-buf memory (`dmabuf_frame(seed)`) into a fresh `element`
+/// and asserts it leaves as the very buffer that arrived, its bytes untouched, counted as
+/// passed through and nothing else.
+fn assert_passes_through(h: &mut Harness, element: &gst::Element, seed: u8) {
+    let frame = dmabuf_frame(seed);
+    let ptr = frame.as_ptr();
+    let out = pass(h, frame);
+    assert_eq!(out.as_ptr(), ptr, "the very buffer that arrived");
+    assert!(is_dmabuf(out.peek_memory(0)));
+    assert_eq!(bytes_of(&out), bytes_of(&system_frame(pattern(seed))));
+    assert_stats(
+        element,
+        &[
+            ("frames", 1),
+            ("passthrough", 1),
+            ("exported", 0),
+            ("copies", 0),
+        ],
+    );
 }
 
 #[test]
@@ -540,26 +562,12 @@ fn dmabuf_caps_in_pass_through_untouched() {
         "video/x-raw(memory:DMABuf), format=BGRx, width={WIDTH}, height={HEIGHT}, \
          framerate=30/1"
     ));
-    let frame = dmabuf_frame(5);
-    let ptr = frame.as_ptr();
-    h.push(frame).unwrap();
-    let out = h.pull().unwrap();
-    assert_eq!(out.as_ptr(), ptr, "the very buffer that arrived");
-    assert_eq!(bytes_of(&out), bytes_of(&system_frame(pattern(5))));
+    assert_passes_through(&mut h, &element, 5);
     assert!(
         element
             .downcast_ref::<gst_base::BaseTransform>()
             .unwrap()
             .is_passthrough()
-    );
-    assert_stats(
-        &element,
-        &[
-            ("frames", 1),
-            ("passthrough", 1),
-            ("exported", 0),
-            ("copies", 0),
-        ],
     );
 }
 
@@ -568,42 +576,24 @@ fn dmabuf_memory_under_plain_caps_passes_through() {
     // A dma-heap pool's buffers, or a dma-buf producer with plain caps (1.22).
     let (mut h, element, bus) = harness(&[]);
     h.set_src_caps(plain_caps());
-    let frame = dmabuf_frame(6);
-    let ptr = frame.as_ptr();
-    h.push(frame).unwrap();
-    let out = h.pull().unwrap();
-    assert_eq!(out.as_ptr(), ptr, "the very buffer that arrived");
-    assert!(is_dmabuf(out.peek_memory(0)));
+    assert_passes_through(&mut h, &element, 6);
     assert!(
         output_caps(&h)
             .features(0)
             .unwrap()
             .contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)
     );
-    assert_stats(
-        &element,
-        &[
-            ("frames", 1),
-            ("passthrough", 1),
-            ("exported", 0),
-            ("copies", 0),
-        ],
-    );
     assert!(messages(&bus).is_empty());
 }
 
 #[test]
 fn stats_add_up_and_list_every_documented_field() {
-    let (mut h, element, _bus) = harness(&[]);
-    let pool = negotiate_pool(&mut h);
+    let (mut h, element, _bus, pool) = pooled_harness(&[]);
     for pts in 0..3 {
-        h.push(pool_frame(&pool, pts, pattern(1))).unwrap();
-        drop(h.pull().unwrap());
+        drop(pass(&mut h, pool_frame(&pool, pts, pattern(1))));
     }
-    h.push(system_frame(pattern(2))).unwrap();
-    drop(h.pull().unwrap());
-    h.push(dmabuf_frame(3)).unwrap();
-    drop(h.pull().unwrap());
+    drop(pass(&mut h, system_frame(pattern(2))));
+    drop(pass(&mut h, dmabuf_frame(3)));
 
     let s = stats(&element);
     let fields: Vec<&str> = s.fields().map(|f| f.as_str()).collect();

@@ -7,6 +7,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::types::RangedCoordi32;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -206,52 +207,116 @@ fn bar_x(gi: usize, si: usize, n: usize) -> (i32, i32, i32) {
     (x0, x0 + w * 9 / 10, x0 + w * 9 / 20)
 }
 
-/// Groups along x, a log time axis along y.
-type BarChart<'a, 'b> = ChartContext<
-    'a,
-    BitMapBackend<'b>,
-    Cartesian2d<WithKeyPoints<RangedCoordi32>, WithKeyPoints<LogCoord<f64>>>,
->;
+/// Groups along x, `Y` along y.
+type BarChart<'a, 'b, Y> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<WithKeyPoints<RangedCoordi32>, Y>>;
 
-fn bar_chart<'a, 'b>(
+/// The text sizes of a chart and the room for its y labels.
+#[derive(Clone, Copy)]
+struct Look {
+    caption: u32,
+    labels: u32,
+    axis_desc: u32,
+    y_label_area: u32,
+}
+
+/// A chart across a whole picture or half of one.
+const WIDE: Look = Look {
+    caption: 20,
+    labels: 14,
+    axis_desc: 15,
+    y_label_area: 80,
+};
+
+/// One of three charts side by side.
+const NARROW: Look = Look {
+    caption: 18,
+    labels: 13,
+    axis_desc: 14,
+    y_label_area: 60,
+};
+
+/// A bar chart of `groups` with its mesh drawn: y along `y`, described as `y_desc`, its labels
+/// written by `y_label` (plotters' own if None).
+fn bar_chart<'a, 'b, Y>(
+    area: &'a Area<'b>,
+    title: &str,
+    groups: &'a [String],
+    y: Y,
+    y_desc: &str,
+    y_label: Option<&dyn Fn(&f64) -> String>,
+    look: Look,
+) -> Res<BarChart<'a, 'b, Y::CoordDescType>>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, look.caption))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(look.y_label_area)
+        .build_cartesian_2d(
+            (0..groups.len() as i32 * G)
+                .with_key_points((0..groups.len() as i32).map(|i| i * G + G / 2).collect()),
+            y,
+        )?;
+    let x_label = |x: &i32| groups.get((x / G) as usize).cloned().unwrap_or_default();
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh()
+        .x_label_formatter(&x_label)
+        .y_desc(y_desc)
+        .label_style((FONT, look.labels))
+        .axis_desc_style((FONT, look.axis_desc))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225));
+    if let Some(y_label) = y_label {
+        mesh.y_label_formatter(y_label);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
+/// A bar chart of times: a log axis over `y`, labelled at powers of ten.
+fn time_chart<'a, 'b>(
     area: &'a Area<'b>,
     title: &str,
     groups: &'a [String],
     y: std::ops::Range<f64>,
     y_desc: &str,
-) -> Res<BarChart<'a, 'b>> {
+) -> Res<BarChart<'a, 'b, WithKeyPoints<LogCoord<f64>>>> {
     let y_keys = decade_labels(&y);
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(80)
-        .build_cartesian_2d(
-            (0..groups.len() as i32 * G)
-                .with_key_points((0..groups.len() as i32).map(|i| i * G + G / 2).collect()),
-            y.log_scale().with_key_points(y_keys),
-        )?;
-    let x_label = |x: &i32| groups.get((x / G) as usize).cloned().unwrap_or_default();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_label_formatter(&x_label)
-        .y_label_formatter(&|v| human_us(*v))
-        .y_desc(y_desc)
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(WHITE)
-        .bold_line_style(RGBColor(225, 225, 225))
-        .draw()?;
-    Ok(chart)
+    bar_chart(
+        area,
+        title,
+        groups,
+        y.log_scale().with_key_points(y_keys),
+        y_desc,
+        Some(&|v| human_us(*v)),
+        WIDE,
+    )
 }
 
-/// A titled picture with a line of notes under the title; returns the area below them.
-fn titled<'a>(root: &Area<'a>, title: &str, note: String) -> Res<Area<'a>> {
+/// The legend's mark for a series of bars of `color`.
+fn legend_box(color: RGBColor) -> impl Fn((i32, i32)) -> Rectangle<(i32, i32)> {
+    move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
+}
+
+/// Text of `size` and `color` centred above the point it is drawn at.
+fn text_above(size: u32, color: RGBColor) -> TextStyle<'static> {
+    (FONT, size)
+        .into_font()
+        .color(&color)
+        .pos(Pos::new(HPos::Center, VPos::Bottom))
+}
+
+/// A titled picture with a line under the title: the run's setting (versions, machine, date)
+/// and `note`; returns the area below them.
+fn titled<'a>(root: &Area<'a>, title: &str, r: &Results, note: &str) -> Res<Area<'a>> {
     let root = root.titled(title, (FONT, 24))?;
     let (top, body) = root.split_vertically(24);
     top.draw(&Text::new(
-        note,
+        format!("{}. {note}", r.setting),
         (12, 2),
         (FONT, 14).into_font().color(&BLACK.mix(0.75)),
     ))?;
@@ -274,37 +339,65 @@ fn draw_legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
     Ok(())
 }
 
-/// The distinct groups and variants of (group, variant) pairs, in order of appearance.
-fn groups_and_variants<'a>(
-    pairs: impl Iterator<Item = (&'a String, &'a String)>,
-) -> (Vec<String>, Vec<String>) {
+/// A bar's place: its group along x, its variant (colour) within the group.
+trait Bar {
+    fn group(&self) -> &str;
+    fn variant(&self) -> &str;
+}
+
+impl Bar for ElementPoint {
+    fn group(&self) -> &str {
+        &self.group
+    }
+    fn variant(&self) -> &str {
+        &self.variant
+    }
+}
+
+impl Bar for DecoderArm {
+    fn group(&self) -> &str {
+        &self.case
+    }
+    fn variant(&self) -> &str {
+        &self.variant
+    }
+}
+
+/// The distinct groups and variants of `bars`, in order of appearance.
+fn groups_and_variants(bars: &[impl Bar]) -> (Vec<String>, Vec<String>) {
     let (mut groups, mut variants): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    for (g, v) in pairs {
-        if !groups.contains(g) {
-            groups.push(g.clone());
+    for bar in bars {
+        if !groups.iter().any(|g| g == bar.group()) {
+            groups.push(bar.group().to_string());
         }
-        if !variants.contains(v) {
-            variants.push(v.clone());
+        if !variants.iter().any(|v| v == bar.variant()) {
+            variants.push(bar.variant().to_string());
         }
     }
     (groups, variants)
+}
+
+/// The bars of `variant`, each with the index of its group in `groups`.
+fn bars_of<'a, B: Bar>(bars: &'a [B], groups: &[String], variant: &str) -> Vec<(usize, &'a B)> {
+    bars.iter()
+        .filter(|b| b.variant() == variant)
+        .filter_map(|b| Some((groups.iter().position(|g| g == b.group())?, b)))
+        .collect()
 }
 
 fn plot_element(root: &Area, r: &Results) -> Res<()> {
     let body = titled(
         root,
         "vmemexport alone: time per frame inside the element (log scale)",
-        format!(
-            "{}. Bar: median of the runs; whisker: min..max; above the red bar: copy / zero-copy.",
-            r.setting
-        ),
+        r,
+        "Bar: median of the runs; whisker: min..max; above the red bar: copy / zero-copy.",
     )?;
-    let (groups, variants) = groups_and_variants(r.element.iter().map(|p| (&p.group, &p.variant)));
+    let (groups, variants) = groups_and_variants(&r.element);
     let lo = r.element.iter().map(|p| p.min).fold(f64::MAX, f64::min);
     let hi = r.element.iter().map(|p| p.max).fold(0.0, f64::max);
     let y = decades(lo, hi);
     let floor = y.start;
-    let mut chart = bar_chart(&body, "", &groups, y, "time per frame")?;
+    let mut chart = time_chart(&body, "", &groups, y, "time per frame")?;
     for (vi, variant) in variants.iter().enumerate() {
         let (label, color) = match variant.as_str() {
             "zero-copy" => ("zero-copy (the default)", GREEN),
@@ -313,12 +406,7 @@ fn plot_element(root: &Area, r: &Results) -> Res<()> {
             "identity" => ("identity in its place (the floor)", GREY),
             other => (other, BLUE),
         };
-        let bars: Vec<_> = r
-            .element
-            .iter()
-            .filter(|p| &p.variant == variant)
-            .filter_map(|p| Some((groups.iter().position(|g| *g == p.group)?, p)))
-            .collect();
+        let bars = bars_of(&r.element, &groups, variant);
         let nv = variants.len();
         chart
             .draw_series(bars.iter().map(|&(gi, p)| {
@@ -326,7 +414,7 @@ fn plot_element(root: &Area, r: &Results) -> Res<()> {
                 Rectangle::new([(x0, floor), (x1, p.median)], color.filled())
             }))?
             .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+            .legend(legend_box(color));
         chart.draw_series(bars.iter().map(|&(gi, p)| {
             let x = bar_x(gi, vi, nv).2;
             PathElement::new(vec![(x, p.min), (x, p.max)], BLACK.stroke_width(1))
@@ -340,9 +428,7 @@ fn plot_element(root: &Area, r: &Results) -> Res<()> {
             .map(|p| p.median)
     };
     if let Some(ci) = variants.iter().position(|v| v == "copy") {
-        let style = TextStyle::from((FONT, 14).into_font())
-            .color(&RED)
-            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        let style = text_above(14, RED);
         for (gi, g) in groups.iter().enumerate() {
             if let (Some(zc), Some(cp)) = (median(g, "zero-copy"), median(g, "copy")) {
                 let max = r
@@ -367,10 +453,8 @@ fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
     let body = titled(
         root,
         "End to end at 1280x720: CPU time per frame of the whole process (log scale)",
-        format!(
-            "{}. Median of the runs; above each pair: upstream / ours.",
-            r.setting
-        ),
+        r,
+        "Median of the runs; above each pair: upstream / ours.",
     )?;
     let (left, right) = body.split_horizontally(body.dim_in_pixel().0 * 56 / 100);
     let groups: Vec<String> = r.end_to_end.iter().map(|c| c.case.clone()).collect();
@@ -410,10 +494,8 @@ fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
         let hi = all.iter().copied().fold(0.0, f64::max);
         let y = decades(lo, hi);
         let floor = y.start;
-        let mut chart = bar_chart(area, title, &groups, y, "CPU time per frame")?;
-        let label_style = TextStyle::from((FONT, 13).into_font())
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        let mut chart = time_chart(area, title, &groups, y, "CPU time per frame")?;
+        let label_style = text_above(13, BLACK);
         // The transfer-only panel has no producer bar: its pairs take the whole group.
         let slots = (0..series.len())
             .filter(|&si| r.end_to_end.iter().any(|c| !values(c)[si].is_nan()))
@@ -435,9 +517,7 @@ fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
                     Rectangle::new([(x0, floor), (x1, v)], color.filled())
                 }))?;
             if legend {
-                drawn.label(label).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
-                });
+                drawn.label(label).legend(legend_box(color));
             }
             chart.draw_series(bars.iter().map(|&(gi, v)| {
                 let x = bar_x(gi, si, slots).2;
@@ -448,9 +528,7 @@ fn plot_end_to_end(root: &Area, r: &Results) -> Res<()> {
                 }
             }))?;
         }
-        let ratio_style = TextStyle::from((FONT, 15).into_font())
-            .color(&BLUE)
-            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        let ratio_style = text_above(15, BLUE);
         for (gi, c) in r.end_to_end.iter().enumerate() {
             let [up, ours, _] = values(c);
             if up > 0.0 && ours > 0.0 {
@@ -475,12 +553,10 @@ fn plot_decoder(root: &Area, r: &Results) -> Res<()> {
     let body = titled(
         root,
         "avdec_h264 1280x720 into a display and an encoder: upstream's copy path vs vmemexport",
-        format!(
-            "{}. Each arm in a process of its own; CPU: median of the runs; copies and memory: GST_PERFORMANCE, VmHWM.",
-            r.setting
-        ),
+        r,
+        "Each arm in a process of its own; CPU: median of the runs; copies and memory: GST_PERFORMANCE, VmHWM.",
     )?;
-    let (groups, variants) = groups_and_variants(r.decoder.iter().map(|a| (&a.case, &a.variant)));
+    let (groups, variants) = groups_and_variants(&r.decoder);
     let color = |v: &str| match v {
         "upstream" => RED,
         "ours" => GREEN,
@@ -505,47 +581,18 @@ fn plot_decoder(root: &Area, r: &Results) -> Res<()> {
             .filter_map(|a| a.figures.map(|f| f[mi]))
             .fold(0.0, f64::max);
         let top = if hi > 0.0 { hi * 1.25 } else { 1.0 };
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, (FONT, 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(
-                (0..groups.len() as i32 * G)
-                    .with_key_points((0..groups.len() as i32).map(|i| i * G + G / 2).collect()),
-                0.0..top,
-            )?;
-        let x_label = |x: &i32| groups.get((x / G) as usize).cloned().unwrap_or_default();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_label_formatter(&x_label)
-            .y_desc(unit)
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
-            .light_line_style(WHITE)
-            .bold_line_style(RGBColor(225, 225, 225))
-            .draw()?;
-        let value_style = TextStyle::from((FONT, 13).into_font())
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Center, VPos::Bottom));
+        let mut chart = bar_chart(area, title, &groups, 0.0..top, unit, None, NARROW)?;
+        let value_style = text_above(13, BLACK);
         for (vi, variant) in variants.iter().enumerate() {
             let c = color(variant);
-            let arms: Vec<(usize, &DecoderArm)> = r
-                .decoder
-                .iter()
-                .filter(|a| &a.variant == variant)
-                .filter_map(|a| Some((groups.iter().position(|g| *g == a.case)?, a)))
-                .collect();
+            let arms = bars_of(&r.decoder, &groups, variant);
             let drawn = chart.draw_series(arms.iter().filter_map(|&(gi, a)| {
                 let v = a.figures?[mi];
                 let (x0, x1, _) = bar_x(gi, vi, variants.len());
                 Some(Rectangle::new([(x0, 0.0), (x1, v)], c.filled()))
             }))?;
             if mi == 0 {
-                drawn.label(label(variant)).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled())
-                });
+                drawn.label(label(variant)).legend(legend_box(c));
             }
             chart.draw_series(arms.iter().map(|&(gi, a)| {
                 let x = bar_x(gi, vi, variants.len()).2;

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: MPL-2.0
 
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use gst_allocators::subclass::prelude::*;
 
 use crate::kernel::{self, Heap};
 use crate::memory;
@@ -57,11 +57,31 @@ impl DmaHeapAllocator {
     }
 }
 
-#[glib::object_subclass]
-impl ObjectSubclass for DmaHeapAllocator {
-    const NAME: &'static str = "GstDmaHeapAllocator";
-    type Type = super::DmaHeapAllocator;
-    type ParentType = gst_allocators::DmaBufAllocator;
+memory::fd_allocator_subclass! {
+    imp: DmaHeapAllocator,
+    name: "GstDmaHeapAllocator",
+    wrapper: super::DmaHeapAllocator,
+    parent: DmaBufAllocator,
+    through_gst_allocator_alloc: false,
+}
+
+impl memory::FdSource for DmaHeapAllocator {
+    const FLAGS: gst_allocators::FdMemoryFlags = gst_allocators::FdMemoryFlags::NONE;
+
+    fn category() -> gst::DebugCategory {
+        *CAT
+    }
+
+    fn owner(&self) -> &memory::AllocOwner {
+        &self.owner
+    }
+
+    fn make_fd(&self, maxsize: usize) -> Result<OwnedFd, kernel::Error> {
+        let heap = self.heap()?;
+        let fd = heap.allocate(maxsize)?;
+        memory::name_dmabuf(&fd, &format!("heapalloc:{}", heap.name()));
+        Ok(fd)
+    }
 }
 
 impl ObjectImpl for DmaHeapAllocator {
@@ -129,34 +149,3 @@ impl ObjectImpl for DmaHeapAllocator {
         }
     }
 }
-
-impl GstObjectImpl for DmaHeapAllocator {}
-
-// SAFETY: `alloc` returns either NULL or a memory created by this allocator through
-// `gst_fd_allocator_alloc`, which the parent's `free` releases.
-unsafe impl AllocatorImpl for DmaHeapAllocator {
-    unsafe fn alloc(
-        &self,
-        size: usize,
-        params: &gst::AllocationParams,
-    ) -> *mut gst::ffi::GstMemory {
-        let flags = gst_allocators::FdMemoryFlags::NONE;
-        memory::alloc_fd_memory(
-            &*self.obj(),
-            *CAT,
-            &self.owner,
-            size,
-            params,
-            flags,
-            |maxsize| {
-                let heap = self.heap()?;
-                let fd = heap.allocate(maxsize)?;
-                memory::name_dmabuf(&fd, &format!("heapalloc:{}", heap.name()));
-                Ok(fd)
-            },
-        )
-    }
-}
-
-impl FdAllocatorImpl for DmaHeapAllocator {}
-impl DmaBufAllocatorImpl for DmaHeapAllocator {}

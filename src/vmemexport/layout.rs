@@ -25,10 +25,25 @@ pub fn natural_pool(
     info: &gst_video::VideoInfo,
     min: u32,
 ) -> Result<gst::BufferPool, glib::BoolError> {
-    let pool = gst::BufferPool::new();
+    configure_pool(gst::BufferPool::new(), allocator, caps, info, min, &[])
+}
+
+/// `pool`, configured for `info` frames of `caps` from `allocator` (at least `min` of them,
+/// no maximum) with `options`.
+pub fn configure_pool(
+    pool: gst::BufferPool,
+    allocator: &gst::Allocator,
+    caps: &gst::Caps,
+    info: &gst_video::VideoInfo,
+    min: u32,
+    options: &[&str],
+) -> Result<gst::BufferPool, glib::BoolError> {
     let mut config = pool.config();
     config.set_params(Some(caps), info.size() as u32, min, 0);
     config.set_allocator(Some(allocator), None);
+    for option in options {
+        config.add_option(option);
+    }
     pool.set_config(config)?;
     Ok(pool)
 }

@@ -4,7 +4,6 @@
 
 use gst::glib;
 
-use crate::kernel::Memfd;
 use crate::memory;
 
 glib::wrapper! {
@@ -51,14 +50,15 @@ mod imp {
     use std::sync::atomic::AtomicBool;
     use std::sync::{LazyLock, Mutex};
 
+    use std::os::fd::OwnedFd;
+
     use gst::glib;
     use gst::glib::translate::*;
     use gst::prelude::*;
     use gst::subclass::prelude::*;
-    use gst_allocators::subclass::prelude::*;
-    use rustix::fs::SealFlags;
 
     use super::*;
+    use crate::kernel;
 
     static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         gst::DebugCategory::new(
@@ -90,7 +90,7 @@ mod imp {
     /// whichever thread drops the memory; takes one short lock and never panics across.
     unsafe extern "C" fn recycle(obj: *mut gst::ffi::GstMiniObject) -> glib::ffi::gboolean {
         let kept = std::panic::catch_unwind(|| {
-            // SAFETY: `obj` is a GstMemory of a MemfdAllocator (only `alloc` sets this
+            // SAFETY: `obj` is a GstMemory of a MemfdAllocator (only `adopt` sets this
             // dispose function), alive for the duration of this call.
             let mem = obj as *mut gst::ffi::GstMemory;
             let allocator = unsafe { (*mem).allocator };
@@ -119,58 +119,29 @@ mod imp {
         (!kept.unwrap_or(false)).into_glib()
     }
 
-    #[glib::object_subclass]
-    impl ObjectSubclass for MemfdAllocator {
-        const NAME: &'static str = "GstVmemMemfdAllocator";
-        type Type = super::MemfdAllocator;
-        type ParentType = gst_allocators::FdAllocator;
+    memory::fd_allocator_subclass! {
+        imp: MemfdAllocator,
+        name: "GstVmemMemfdAllocator",
+        wrapper: super::MemfdAllocator,
+        parent: FdAllocator,
+        through_gst_allocator_alloc: true,
     }
 
-    impl ObjectImpl for MemfdAllocator {
-        fn constructed(&self) {
-            self.parent_constructed();
-            memory::allocate_through_gst_allocator_alloc(self.obj().upcast_ref());
+    impl memory::FdSource for MemfdAllocator {
+        const FLAGS: gst_allocators::FdMemoryFlags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
+
+        fn category() -> gst::DebugCategory {
+            *CAT
         }
-    }
-    impl GstObjectImpl for MemfdAllocator {}
-    impl FdAllocatorImpl for MemfdAllocator {}
 
-    // SAFETY: `alloc` returns NULL or a memory made by this allocator via
-    // `gst_fd_allocator_alloc`, which the parent's `free` releases.
-    unsafe impl AllocatorImpl for MemfdAllocator {
-        unsafe fn alloc(
-            &self,
-            size: usize,
-            params: &gst::AllocationParams,
-        ) -> *mut gst::ffi::GstMemory {
-            if let Some(mem) = self.reuse(size, params) {
-                return mem.into_glib_ptr();
-            }
-            let flags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
-            let mem = memory::alloc_fd_memory(
-                &*self.obj(),
-                *CAT,
-                &self.owner,
-                size,
-                params,
-                flags,
-                |maxsize| {
-                    let memfd = Memfd::new("vmemexport", maxsize as u64)?;
-                    // Neither shrinking (udmabuf's rule) nor growing: the export covers the whole file.
-                    memfd.add_seals(SealFlags::GROW)?;
-                    Ok(memfd.into_fd())
-                },
-            );
-            if !mem.is_null() {
-                // SAFETY: a fresh memory no one else sees yet.
-                unsafe { (*mem).mini_object.dispose = Some(recycle) };
-            }
-            mem
+        fn owner(&self) -> &memory::AllocOwner {
+            &self.owner
         }
-    }
 
-    impl MemfdAllocator {
-        /// A kept memory whose memfd fits `size` bytes with `params`, resized to them.
+        fn make_fd(&self, maxsize: usize) -> Result<OwnedFd, kernel::Error> {
+            Ok(memory::export_memfd(maxsize)?.into_fd())
+        }
+
         fn reuse(&self, size: usize, params: &gst::AllocationParams) -> Option<gst::Memory> {
             let maxsize = memory::backing_size(size, params)?;
             let mut mem = {
@@ -181,6 +152,11 @@ mod imp {
             mem.get_mut()?
                 .resize(params.prefix()..params.prefix() + size);
             Some(mem)
+        }
+
+        fn adopt(&self, mem: &mut gst::Memory) {
+            // SAFETY: a new memory no one else sees yet.
+            unsafe { (*mem.as_mut_ptr()).mini_object.dispose = Some(recycle) };
         }
     }
 }

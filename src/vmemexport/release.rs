@@ -3,15 +3,13 @@
 //! only once devices are done with them (their fences signalled), without ever blocking the
 //! thread that releases the buffer.
 
-use std::ffi::c_void;
 use std::sync::{LazyLock, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::glib;
-use gst::glib::translate::*;
 
 use crate::kernel;
-use crate::memory::dmabuf_fd;
+use crate::memory::{Attached, attach, dmabuf_fd};
 
 static FENCE_QUARK: LazyLock<glib::Quark> =
     LazyLock::new(|| glib::Quark::from_str("GstVmemFenceGuard"));
@@ -35,26 +33,21 @@ struct Held {
 /// waits: a busy dma-buf is handed to the reaper thread, so whichever thread drops the last
 /// reference (streaming, the socket thread under its lock, stop()) goes on at once.
 pub fn guard_release(buffer: &mut gst::BufferRef, dmabuf: gst::Memory, keep: gst::Buffer) {
-    unsafe extern "C" fn release(data: *mut c_void) {
-        // SAFETY: `data` is the box `guard_release` stored, released once, here.
-        let held = unsafe { Box::from_raw(data.cast::<Held>()) };
-        let idle = dmabuf_fd(&held.dmabuf).is_none_or(|fd| kernel::wait_idle(fd, Duration::ZERO));
-        if !idle {
-            reaper_hold(*held);
-        }
-    }
-    let held = Box::new(Held {
+    let held = Held {
         dmabuf,
         _keep: keep,
-    });
-    // SAFETY: the stored pointer owns the box, consumed by `release`.
-    unsafe {
-        gst::ffi::gst_mini_object_set_qdata(
-            buffer.as_mut_ptr().cast(),
-            FENCE_QUARK.into_glib(),
-            Box::into_raw(held).cast(),
-            Some(release),
-        );
+    };
+    attach(buffer.upcast_ref(), *FENCE_QUARK, held);
+}
+
+impl Attached for Held {
+    /// Lets go of the pages at once if devices are done with them, else hands them to the
+    /// reaper: the thread releasing the buffer never waits.
+    fn released(self) {
+        let idle = dmabuf_fd(&self.dmabuf).is_none_or(|fd| kernel::wait_idle(fd, Duration::ZERO));
+        if !idle {
+            reaper_hold(self);
+        }
     }
 }
 

@@ -77,16 +77,13 @@ pub fn first_pass(mem: &gst::MemoryRef) -> bool {
 }
 
 mod imp {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, OwnedFd};
     use std::sync::{LazyLock, OnceLock};
 
     use gst::glib;
-    use gst::prelude::*;
     use gst::subclass::prelude::*;
-    use gst_allocators::subclass::prelude::*;
-    use rustix::fs::SealFlags;
 
-    use crate::kernel::{self, Memfd, Udmabuf};
+    use crate::kernel::{self, Udmabuf};
     use crate::memory;
 
     static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -104,57 +101,37 @@ mod imp {
         pub(super) udmabuf: OnceLock<(Udmabuf, String)>,
     }
 
-    #[glib::object_subclass]
-    impl ObjectSubclass for UdmabufAllocator {
-        const NAME: &'static str = "GstVmemUdmabufAllocator";
-        type Type = super::UdmabufAllocator;
-        type ParentType = gst_allocators::DmaBufAllocator;
+    memory::fd_allocator_subclass! {
+        imp: UdmabufAllocator,
+        name: "GstVmemUdmabufAllocator",
+        wrapper: super::UdmabufAllocator,
+        parent: DmaBufAllocator,
+        through_gst_allocator_alloc: true,
     }
 
-    impl ObjectImpl for UdmabufAllocator {
-        fn constructed(&self) {
-            self.parent_constructed();
-            memory::allocate_through_gst_allocator_alloc(self.obj().upcast_ref());
+    impl memory::FdSource for UdmabufAllocator {
+        // Kept mapped: a CPU writer maps the frame each time, and mmap per frame would cost
+        // more than the write.
+        const FLAGS: gst_allocators::FdMemoryFlags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
+
+        fn category() -> gst::DebugCategory {
+            *CAT
         }
-    }
-    impl GstObjectImpl for UdmabufAllocator {}
-    impl FdAllocatorImpl for UdmabufAllocator {}
-    impl DmaBufAllocatorImpl for UdmabufAllocator {}
 
-    // SAFETY: `alloc` returns NULL or a memory made by this allocator via
-    // `gst_fd_allocator_alloc`, which the parent's `free` releases.
-    unsafe impl AllocatorImpl for UdmabufAllocator {
-        unsafe fn alloc(
-            &self,
-            size: usize,
-            params: &gst::AllocationParams,
-        ) -> *mut gst::ffi::GstMemory {
-            // Kept mapped: a CPU writer maps the frame each time, and mmap per frame would cost
-            // more than the write.
-            let flags = gst_allocators::FdMemoryFlags::KEEP_MAPPED;
-            memory::alloc_fd_memory(
-                &*self.obj(),
-                *CAT,
-                &self.owner,
-                size,
-                params,
-                flags,
-                |maxsize| {
-                    let (udmabuf, name) =
-                        self.udmabuf.get().ok_or(kernel::Error::DeviceMissing {
-                            path: kernel::UDMABUF_PATH.into(),
-                            hint: "the allocator was made without udmabuf",
-                        })?;
-                    let memfd = Memfd::new("vmemexport", maxsize as u64)?;
-                    // Neither shrinking (udmabuf's rule) nor growing: the export covers the
-                    // whole file.
-                    memfd.add_seals(SealFlags::GROW)?;
-                    let dmabuf = udmabuf.create(memfd.as_fd(), 0, maxsize as u64)?;
-                    memory::name_dmabuf(&dmabuf, name);
-                    gst::debug!(CAT, imp = self, "exported a {maxsize}-byte memfd");
-                    Ok(dmabuf)
-                },
-            )
+        fn owner(&self) -> &memory::AllocOwner {
+            &self.owner
+        }
+
+        fn make_fd(&self, maxsize: usize) -> Result<OwnedFd, kernel::Error> {
+            let (udmabuf, name) = self.udmabuf.get().ok_or(kernel::Error::DeviceMissing {
+                path: kernel::UDMABUF_PATH.into(),
+                hint: "the allocator was made without udmabuf",
+            })?;
+            let memfd = memory::export_memfd(maxsize)?;
+            let dmabuf = udmabuf.create(memfd.as_fd(), 0, maxsize as u64)?;
+            memory::name_dmabuf(&dmabuf, name);
+            gst::debug!(CAT, imp = self, "exported a {maxsize}-byte memfd");
+            Ok(dmabuf)
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::kernel;
 use crate::vmemexport::Backing;
 use crate::vmemexport::backend::HeapPool;
 use crate::vmemexport::export::{CopyReason, Exporter};
+use crate::vmemexport::layout;
 use crate::vmemexport::memfd_allocator::MemfdAllocator;
 use crate::vmemexport::udmabuf_allocator::UdmabufAllocator;
 
@@ -135,13 +136,14 @@ impl VmemExport {
         info: &gst_video::VideoInfo,
         min: u32,
     ) -> Result<gst::BufferPool, glib::BoolError> {
-        let pool = gst_video::VideoBufferPool::new();
-        let mut config = pool.config();
-        config.set_params(Some(caps), info.size() as u32, min, 0);
-        config.set_allocator(Some(allocator), None);
-        config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META);
-        pool.set_config(config)?;
-        Ok(pool.upcast())
+        layout::configure_pool(
+            gst_video::VideoBufferPool::new().upcast(),
+            allocator,
+            caps,
+            info,
+            min,
+            &[gst_video::BUFFER_POOL_OPTION_VIDEO_META],
+        )
     }
 
     /// The allocator whose memory leaves without a copy for this backing; dma-bufs already

@@ -32,14 +32,10 @@ impl VmemExport {
             heap
         } else {
             let size = info.size();
-            notices.add(move |imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::ResourceError::NoSpaceLeft,
-                    ("Frames of {size} bytes exceed udmabuf's size limit and no dma-heap is usable")
-                )
-            });
-            return Err(gst::FlowError::Error);
+            return Err(notices.error(gst::error_msg!(
+                gst::ResourceError::NoSpaceLeft,
+                ("Frames of {size} bytes exceed udmabuf's size limit and no dma-heap is usable")
+            )));
         };
         let caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
         // No buffers allocated up front: GstBufferPool's start leaks them when a later one
@@ -49,15 +45,10 @@ impl VmemExport {
             gst::FlowError::Error
         })?;
         pool.set_active(true).map_err(|e| {
-            let e = e.to_string();
-            notices.add(move |imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::ResourceError::Failed,
-                    ("Cannot start the pool of dma-buf copies: {e}")
-                )
-            });
-            gst::FlowError::Error
+            notices.error(gst::error_msg!(
+                gst::ResourceError::Failed,
+                ("Cannot start the pool of dma-buf copies: {e}")
+            ))
         })?;
         state.copy_pool = Some(pool.clone());
         Ok((pool, info))
@@ -74,24 +65,16 @@ impl VmemExport {
         let mut outbuf = pool.acquire_buffer(None)?;
         let outm = outbuf.get_mut().unwrap();
         let Ok(src) = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf, &info) else {
-            notices.add(|imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::StreamError::Format,
-                    ("Cannot map the input frame")
-                )
-            });
-            return Err(gst::FlowError::Error);
+            return Err(notices.error(gst::error_msg!(
+                gst::StreamError::Format,
+                ("Cannot map the input frame")
+            )));
         };
         let Ok(mut dst) = gst_video::VideoFrameRef::from_buffer_ref_writable(outm, &info) else {
-            notices.add(|imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::ResourceError::Write,
-                    ("Cannot map a dma-buf for writing")
-                )
-            });
-            return Err(gst::FlowError::Error);
+            return Err(notices.error(gst::error_msg!(
+                gst::ResourceError::Write,
+                ("Cannot map a dma-buf for writing")
+            )));
         };
         src.copy(&mut dst).map_err(|_| gst::FlowError::Error)?;
         drop(dst);
@@ -107,18 +90,13 @@ impl VmemExport {
         notices: &mut Notices,
     ) -> Result<(), gst::FlowError> {
         if !settings.copy_fallback {
-            let why = why.to_string();
-            notices.add(move |imp| {
-                gst::element_imp_error!(
-                    imp,
-                    gst::StreamError::Failed,
-                    ("Zero-copy is impossible: {why}"),
-                    [
-                        "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
-                    ]
-                )
-            });
-            return Err(gst::FlowError::Error);
+            return Err(notices.error(gst::error_msg!(
+                gst::StreamError::Failed,
+                ("Zero-copy is impossible: {why}"),
+                [
+                    "copy-fallback=false forbids copying; put vmemexport right after the producer so it can use the proposed pool, or allow copies"
+                ]
+            )));
         }
         let first = {
             let mut guard = self.state.lock().unwrap();

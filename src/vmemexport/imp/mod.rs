@@ -88,6 +88,13 @@ impl Notices {
         self.0.push(Box::new(post));
     }
 
+    /// Queues `error` as the element's error message; returns the flow error that stops the
+    /// stream with it.
+    fn error(&mut self, error: gst::ErrorMessage) -> gst::FlowError {
+        self.add(move |imp| imp.post_error_message(error));
+        gst::FlowError::Error
+    }
+
     fn post(self, imp: &VmemExport) {
         for post in self.0 {
             post(imp);

@@ -145,15 +145,10 @@ impl VmemExport {
         self.wrap(&target, settings, &copied, inbuf, stats)
             .map(PrepareOutputBufferSuccess::Buffer)
             .map_err(|why| {
-                let why = why.to_string();
-                notices.add(move |imp| {
-                    gst::element_imp_error!(
-                        imp,
-                        gst::ResourceError::Failed,
-                        ("Cannot export the copy: {why}")
-                    )
-                });
-                gst::FlowError::Error
+                notices.error(gst::error_msg!(
+                    gst::ResourceError::Failed,
+                    ("Cannot export the copy: {why}")
+                ))
             })
     }
 }
