@@ -258,7 +258,7 @@ fn into_fwht(row: &str, producer: &str, frames: usize, expect: Expect) {
     );
 }
 
-fn decoded_into_fwht(row: &str, codec: &Codec, expect: Expect) {
+fn decoded_into_fwht(row: &str, codec: &Codec) {
     init();
     let producer = decoding(codec, (1280, 720), FRAMES_720);
     // 1.22's v4l2fwhtenc refuses some decoders' caps (jpegdec, theoradec, openh264dec: not
@@ -274,7 +274,12 @@ fn decoded_into_fwht(row: &str, codec: &Codec, expect: Expect) {
             return;
         }
     }
-    into_fwht(&format!("{row} 1280x720"), &producer, FRAMES_720, expect);
+    into_fwht(
+        &format!("{row} 1280x720"),
+        &producer,
+        FRAMES_720,
+        Expect::ZeroCopy,
+    );
 }
 
 /// `producer ! vmemexport ! waylandsink` on a fresh weston (1.26 and 1.28; decided by
@@ -309,154 +314,101 @@ fn into_waylandsink(row: &str, producer: &str, frames: usize, expect: Expect) {
 }
 
 /// The decoder's own output (I420) at 640x480 and at 854x480, which libav pads.
-fn decoded_into_waylandsink(row: &str, codec: &Codec, expect: Expect) {
+fn decoded_into_waylandsink(row: &str, codec: &Codec) {
     init();
     for size in [(640, 480), (854, 480)] {
         let row = format!("{row} {}x{}", size.0, size.1);
-        into_waylandsink(&row, &decoding(codec, size, FRAMES), FRAMES, expect);
+        into_waylandsink(
+            &row,
+            &decoding(codec, size, FRAMES),
+            FRAMES,
+            Expect::ZeroCopy,
+        );
     }
+}
+
+/// One VM test per row: `name => { body }`, with the row's doc comments.
+macro_rules! rows {
+    ($($(#[$doc:meta])* $test:ident => $body:block)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            #[ignore = "needs the VM testbed"]
+            fn $test() $body
+        )*
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
 // The software decoders of issue 11's Done-when: kmssink, v4l2fwhtenc, waylandsink.
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_h264_into_kmssink() {
-    decoded_into_kmssink("avdec_h264", &AVDEC_H264, (640, 480));
-    decoded_into_kmssink("avdec_h264", &AVDEC_H264, (854, 480));
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_h265_into_kmssink() {
-    // Not at 854x480: avdec_h265 into videoconvert fails there without vmemexport too ("The
-    // downstream pool failed to allocated buffer", or g_error "video meta uses 864x480
-    // instead of 854x480"); its 854x480 frames go to waylandsink below.
-    decoded_into_kmssink("avdec_h265", &AVDEC_H265, (640, 480));
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_vp9_into_kmssink() {
-    decoded_into_kmssink("avdec_vp9", &AVDEC_VP9, (640, 480));
-    decoded_into_kmssink("avdec_vp9", &AVDEC_VP9, (854, 480));
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn vp9dec_into_kmssink() {
-    decoded_into_kmssink("vp9dec", &VP9DEC, (640, 480));
-    decoded_into_kmssink("vp9dec", &VP9DEC, (854, 480));
-}
-
-/// avdec_h264 configures padding and stride alignment on the pool it decodes into (libav's
-/// `avcodec_align_dimensions2`: 1280x720 becomes 739 rows), and v4l2fwhtenc imports a
-/// single-planar dma-buf at the driver's natural layout without looking at the VideoMeta.
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_h264_into_v4l2fwhtenc() {
-    decoded_into_fwht("avdec_h264", &AVDEC_H264, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_h265_into_v4l2fwhtenc() {
-    decoded_into_fwht("avdec_h265", &AVDEC_H265, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_vp9_into_v4l2fwhtenc() {
-    decoded_into_fwht("avdec_vp9", &AVDEC_VP9, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn vp9dec_into_v4l2fwhtenc() {
-    decoded_into_fwht("vp9dec", &VP9DEC, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_h264_into_waylandsink() {
-    decoded_into_waylandsink("avdec_h264", &AVDEC_H264, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_h265_into_waylandsink() {
-    decoded_into_waylandsink("avdec_h265", &AVDEC_H265, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn avdec_vp9_into_waylandsink() {
-    decoded_into_waylandsink("avdec_vp9", &AVDEC_VP9, Expect::ZeroCopy);
-}
-
-/// vp9dec without the vmemexp module, into consumers that read VideoMeta: vpxdec makes its own
-/// frame pool at the first frame, before it negotiates, with the default allocator, and pushes
-/// those frames whenever downstream reads VideoMeta. vmemexport does not offer VideoMeta to
-/// vpxdec when it cannot pin, so vpxdec copies each frame into the pool (the copy it makes
-/// anyway towards V4L2). With the module its frames are pinned where they are (vm_pinned).
-#[test]
-#[ignore = "needs the VM testbed"]
-fn vp9dec_into_waylandsink() {
-    decoded_into_waylandsink("vp9dec", &VP9DEC, Expect::ZeroCopy);
+rows! {
+    avdec_h264_into_kmssink => {
+        decoded_into_kmssink("avdec_h264", &AVDEC_H264, (640, 480));
+        decoded_into_kmssink("avdec_h264", &AVDEC_H264, (854, 480));
+    }
+    /// Not at 854x480: avdec_h265 into videoconvert fails there without vmemexport too ("The
+    /// downstream pool failed to allocated buffer", or g_error "video meta uses 864x480
+    /// instead of 854x480"); its 854x480 frames go to waylandsink below.
+    avdec_h265_into_kmssink => {
+        decoded_into_kmssink("avdec_h265", &AVDEC_H265, (640, 480));
+    }
+    avdec_vp9_into_kmssink => {
+        decoded_into_kmssink("avdec_vp9", &AVDEC_VP9, (640, 480));
+        decoded_into_kmssink("avdec_vp9", &AVDEC_VP9, (854, 480));
+    }
+    vp9dec_into_kmssink => {
+        decoded_into_kmssink("vp9dec", &VP9DEC, (640, 480));
+        decoded_into_kmssink("vp9dec", &VP9DEC, (854, 480));
+    }
+    /// avdec_h264 configures padding and stride alignment on the pool it decodes into (libav's
+    /// `avcodec_align_dimensions2`: 1280x720 becomes 739 rows), and v4l2fwhtenc imports a
+    /// single-planar dma-buf at the driver's natural layout without looking at the VideoMeta.
+    avdec_h264_into_v4l2fwhtenc => { decoded_into_fwht("avdec_h264", &AVDEC_H264) }
+    avdec_h265_into_v4l2fwhtenc => { decoded_into_fwht("avdec_h265", &AVDEC_H265) }
+    avdec_vp9_into_v4l2fwhtenc => { decoded_into_fwht("avdec_vp9", &AVDEC_VP9) }
+    vp9dec_into_v4l2fwhtenc => { decoded_into_fwht("vp9dec", &VP9DEC) }
+    avdec_h264_into_waylandsink => { decoded_into_waylandsink("avdec_h264", &AVDEC_H264) }
+    avdec_h265_into_waylandsink => { decoded_into_waylandsink("avdec_h265", &AVDEC_H265) }
+    avdec_vp9_into_waylandsink => { decoded_into_waylandsink("avdec_vp9", &AVDEC_VP9) }
+    /// vp9dec without the vmemexp module, into consumers that read VideoMeta: vpxdec makes its
+    /// own frame pool at the first frame, before it negotiates, with the default allocator, and
+    /// pushes those frames whenever downstream reads VideoMeta. vmemexport does not offer
+    /// VideoMeta to vpxdec when it cannot pin, so vpxdec copies each frame into the pool (the
+    /// copy it makes anyway towards V4L2). With the module its frames are pinned where they
+    /// are (vm_pinned).
+    vp9dec_into_waylandsink => { decoded_into_waylandsink("vp9dec", &VP9DEC) }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The other decoders: their own output into the encoder at 1280x720.
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-#[ignore = "needs the VM testbed"]
-fn vp8dec_into_v4l2fwhtenc() {
-    decoded_into_fwht("vp8dec", &VP8DEC, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn jpegdec_into_v4l2fwhtenc() {
-    decoded_into_fwht("jpegdec", &JPEGDEC, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn theoradec_into_v4l2fwhtenc() {
-    decoded_into_fwht("theoradec", &THEORADEC, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn openh264dec_into_v4l2fwhtenc() {
-    require("openh264enc");
-    require("openh264dec");
-    decoded_into_fwht("openh264dec", &OPENH264DEC, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn av1_through_decodebin_into_v4l2fwhtenc() {
-    init();
-    let codec = if gst::ElementFactory::find("svtav1enc").is_some() {
-        &AV1_DECODEBIN
-    } else {
-        require("av1enc");
-        &AV1_AOM_DECODEBIN
-    };
-    require("av1parse");
-    let decoder = ["dav1ddec", "av1dec", "avdec_libdav1d", "avdec_av1"]
-        .into_iter()
-        .find(|d| gst::ElementFactory::find(d).is_some())
-        .expect("no AV1 decoder in this userland");
-    decoded_into_fwht(
-        &format!("AV1 ({decoder} in decodebin)"),
-        codec,
-        Expect::ZeroCopy,
-    );
+rows! {
+    vp8dec_into_v4l2fwhtenc => { decoded_into_fwht("vp8dec", &VP8DEC) }
+    jpegdec_into_v4l2fwhtenc => { decoded_into_fwht("jpegdec", &JPEGDEC) }
+    theoradec_into_v4l2fwhtenc => { decoded_into_fwht("theoradec", &THEORADEC) }
+    openh264dec_into_v4l2fwhtenc => {
+        require("openh264enc");
+        require("openh264dec");
+        decoded_into_fwht("openh264dec", &OPENH264DEC);
+    }
+    av1_through_decodebin_into_v4l2fwhtenc => {
+        init();
+        let codec = if gst::ElementFactory::find("svtav1enc").is_some() {
+            &AV1_DECODEBIN
+        } else {
+            require("av1enc");
+            &AV1_AOM_DECODEBIN
+        };
+        require("av1parse");
+        let decoder = ["dav1ddec", "av1dec", "avdec_libdav1d", "avdec_av1"]
+            .into_iter()
+            .find(|d| gst::ElementFactory::find(d).is_some())
+            .expect("no AV1 decoder in this userland");
+        decoded_into_fwht(&format!("AV1 ({decoder} in decodebin)"), codec);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,99 +417,62 @@ fn av1_through_decodebin_into_v4l2fwhtenc() {
 
 const VGA: (u32, u32) = (640, 480);
 
-#[test]
-#[ignore = "needs the VM testbed"]
-fn videotestsrc_into_kmssink() {
-    into_kmssink(
-        "videotestsrc",
-        &test_pattern("BGRx", VGA),
-        FRAMES,
-        Expect::ZeroCopy,
-    );
+/// `filter` (whose first element is `element`) after a moving `format` pattern at `size`, into
+/// kmssink.
+fn filtered_into_kmssink(element: &str, format: &str, size: (u32, u32), filter: &str) {
+    require(element);
+    let producer = format!("{} ! {filter}", test_pattern(format, size));
+    into_kmssink(element, &producer, FRAMES, Expect::ZeroCopy);
 }
 
-#[test]
-#[ignore = "needs the VM testbed"]
-fn videoconvert_into_kmssink() {
-    let producer = format!(
-        "{} ! videoconvert ! video/x-raw,format=BGRx",
-        test_pattern("I420", VGA)
-    );
-    into_kmssink("videoconvert", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn videoscale_into_kmssink() {
-    let producer = format!(
-        "{} ! videoscale ! video/x-raw,width=640,height=480",
-        test_pattern("BGRx", (320, 240))
-    );
-    into_kmssink("videoscale", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn videoconvertscale_into_kmssink() {
-    require("videoconvertscale");
-    let producer = format!(
-        "{} ! videoconvertscale ! video/x-raw,format=BGRx,width=640,height=480",
-        test_pattern("I420", (320, 240))
-    );
-    into_kmssink("videoconvertscale", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn compositor_into_kmssink() {
-    let producer = format!(
-        "{} ! compositor ! video/x-raw,format=BGRx,width=640,height=480",
-        test_pattern("BGRx", (320, 240))
-    );
-    into_kmssink("compositor", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn textoverlay_into_kmssink() {
-    require("textoverlay");
-    let producer = format!("{} ! textoverlay text=vmem", test_pattern("BGRx", VGA));
-    into_kmssink("textoverlay", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn timeoverlay_into_kmssink() {
-    require("timeoverlay");
-    let producer = format!("{} ! timeoverlay", test_pattern("BGRx", VGA));
-    into_kmssink("timeoverlay", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn videoflip_into_kmssink() {
-    let producer = format!(
-        "{} ! videoflip method=rotate-180",
-        test_pattern("BGRx", VGA)
-    );
-    into_kmssink("videoflip", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn videobox_into_kmssink() {
-    let producer = format!(
-        "{} ! videobox top=-16 bottom=-16 left=-16 right=-16 ! video/x-raw,format=BGRx",
-        test_pattern("BGRx", VGA)
-    );
-    into_kmssink("videobox", &producer, FRAMES, Expect::ZeroCopy);
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
-fn identity_into_kmssink() {
-    let producer = format!("{} ! identity", test_pattern("BGRx", VGA));
-    into_kmssink("identity", &producer, FRAMES, Expect::ZeroCopy);
+rows! {
+    videotestsrc_into_kmssink => {
+        init();
+        into_kmssink("videotestsrc", &test_pattern("BGRx", VGA), FRAMES, Expect::ZeroCopy);
+    }
+    videoconvert_into_kmssink => {
+        filtered_into_kmssink("videoconvert", "I420", VGA, "videoconvert ! video/x-raw,format=BGRx");
+    }
+    videoscale_into_kmssink => {
+        filtered_into_kmssink(
+            "videoscale",
+            "BGRx",
+            (320, 240),
+            "videoscale ! video/x-raw,width=640,height=480",
+        );
+    }
+    videoconvertscale_into_kmssink => {
+        filtered_into_kmssink(
+            "videoconvertscale",
+            "I420",
+            (320, 240),
+            "videoconvertscale ! video/x-raw,format=BGRx,width=640,height=480",
+        );
+    }
+    compositor_into_kmssink => {
+        filtered_into_kmssink(
+            "compositor",
+            "BGRx",
+            (320, 240),
+            "compositor ! video/x-raw,format=BGRx,width=640,height=480",
+        );
+    }
+    textoverlay_into_kmssink => {
+        filtered_into_kmssink("textoverlay", "BGRx", VGA, "textoverlay text=vmem");
+    }
+    timeoverlay_into_kmssink => { filtered_into_kmssink("timeoverlay", "BGRx", VGA, "timeoverlay") }
+    videoflip_into_kmssink => {
+        filtered_into_kmssink("videoflip", "BGRx", VGA, "videoflip method=rotate-180");
+    }
+    videobox_into_kmssink => {
+        filtered_into_kmssink(
+            "videobox",
+            "BGRx",
+            VGA,
+            "videobox top=-16 bottom=-16 left=-16 right=-16 ! video/x-raw,format=BGRx",
+        );
+    }
+    identity_into_kmssink => { filtered_into_kmssink("identity", "BGRx", VGA, "identity") }
 }
 
 /// vivid's capture buffers are dma-bufs already (io-mode=dmabuf): vmemexport passes them on.

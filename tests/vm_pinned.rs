@@ -123,24 +123,6 @@ fn format_is_rgb(format: gst_video::VideoFormat) -> bool {
     gst_video::VideoFormatInfo::from_format(format).is_rgb()
 }
 
-/// Pushes `buffers` through `appsrc name=src` of `pipeline` and plays it to EOS.
-fn run_pushing(
-    pipeline: &gst::Pipeline,
-    info: &gst_video::VideoInfo,
-    buffers: Vec<gst::Buffer>,
-) -> RunResult {
-    let src = element(pipeline, "src")
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    src.set_caps(Some(&info.to_caps().unwrap()));
-    src.set_format(gst::Format::Time);
-    for b in buffers {
-        src.push_buffer(b).unwrap();
-    }
-    src.end_of_stream().unwrap();
-    run(pipeline)
-}
-
 /// Checks that `buffer` (leaving vmemexport) is a vmemexp export of the pages of `app`, the
 /// application's buffer: one dma-buf memory from the vmemexp module at the frame's offset in
 /// its page, and a byte the application writes is what the dma-buf shows.
@@ -236,7 +218,7 @@ fn malloc_frames_reach_kmssink_without_copies() {
         );
         let proof = ScanoutProof::install(&pipeline, "k");
         let out = collect(&pipeline, "out");
-        run_pushing(&pipeline, &info, buffers);
+        push_and_run(&pipeline, &info, buffers);
         let v = element(&pipeline, "v");
         assert_pinned_zero_copy(&v, frames as u64);
         // Every frame is a memory of its own, so an export of its own.
@@ -279,7 +261,7 @@ fn fwht(
     };
     let pipeline = launch(desc);
     let out = collect(&pipeline, "out");
-    let result = run_pushing(&pipeline, info, buffers);
+    let result = push_and_run(&pipeline, info, buffers);
     let bytes = out
         .lock()
         .unwrap()
@@ -475,7 +457,7 @@ fn without_pinning_foreign_frames_are_copied() {
         .map(|i| app_buffer(Alloc::WithSize, info.size(), i))
         .collect();
     let pipeline = launch("appsrc name=src ! vmemexport name=v pin-system-memory=false ! fakesink");
-    let result = run_pushing(&pipeline, &info, buffers);
+    let result = push_and_run(&pipeline, &info, buffers);
     let v = element(&pipeline, "v");
     assert_eq!(stat(&v, "copies"), 3);
     assert_eq!(stat(&v, "pinned-exports"), 0);

@@ -869,17 +869,7 @@ fn encode_pushed(
     buffers: Vec<gst::Buffer>,
 ) -> Vec<Vec<u8>> {
     let out = collect(pipeline, "out");
-    let src = element(pipeline, "src")
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    src.set_caps(Some(&info.to_caps().unwrap()));
-    src.set_format(gst::Format::Time);
-    for b in buffers {
-        src.push_buffer(b).unwrap();
-    }
-    src.end_of_stream().unwrap();
-    let result = run_for(pipeline, secs(300));
-    assert!(result.error.is_none(), "{:?}", result.error);
+    push_and_run(pipeline, info, buffers);
     out.lock()
         .unwrap()
         .iter()

@@ -234,6 +234,25 @@ pub fn exported_by(
     }
 }
 
+/// Pushes `buffers` of `info` through `appsrc name=src` of `pipeline`, then EOS, and plays
+/// the pipeline to EOS; panics on any error.
+pub fn push_and_run(
+    pipeline: &gst::Pipeline,
+    info: &gst_video::VideoInfo,
+    buffers: Vec<gst::Buffer>,
+) -> RunResult {
+    let src = element(pipeline, "src")
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&info.to_caps().unwrap()));
+    src.set_format(gst::Format::Time);
+    for b in buffers {
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    run(pipeline)
+}
+
 /// avdec_*'s properties for streams libav pads (854x480 is decoded as 864x480). There
 /// gst-libav renegotiates on every frame, and with frame threads its libav threads replace its
 /// internal pool while the streaming thread picks that pool as the output pool: now and then
