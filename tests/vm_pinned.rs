@@ -402,8 +402,8 @@ fn software_decoders_leave_without_copies() {
 
 /// vp9dec into waylandsink on weston (1.26 and 1.28: the 1.22 userland has no compositor):
 /// downstream reads VideoMeta, so vpxdec pushes libvpx's frame buffers from its own pool.
-/// With the module they leave pinned where they are, none copied (without it vmemexport
-/// copies the first ones and vpxdec then writes into the pool: vm_matrix).
+/// With the module they leave pinned where they are, none copied (without it vpxdec is
+/// offered no VideoMeta and copies each frame into the pool: vm_matrix).
 #[test]
 #[ignore = "needs the VM testbed"]
 fn vp9dec_frames_reach_waylandsink_pinned() {
@@ -427,7 +427,7 @@ fn vp9dec_frames_reach_waylandsink_pinned() {
              display={}",
             socket.display()
         ));
-        let result = run_for(&pipeline, std::time::Duration::from_secs(300));
+        let result = run_for(&pipeline, secs(300));
         (element(&pipeline, "v"), result.error)
     });
     let (v, error) = v;

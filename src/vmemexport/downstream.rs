@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 //! What vmemexport must know about the elements that receive its buffers.
 
-use gst::prelude::*;
-
 use super::walk;
 
 /// The first element downstream of `src` that reads a dma-buf from its first byte whatever
@@ -11,11 +9,7 @@ use super::walk;
 /// offset; the driver finds the planes from bytesperline and height). The V4L2 elements cannot
 /// be asked which API their device uses, so every V4L2 element counts.
 pub fn zero_offset_consumer(src: &gst::Pad) -> Option<String> {
-    walk::find_beyond(src, |element| {
-        // Device-specific V4L2 elements (v4l2fwhtenc, v4l2video0h264enc) are subclasses of
-        // GstV4l2VideoEnc, GstV4l2VideoDec, GstV4l2Transform...
-        std::iter::successors(Some(element.type_()), |t| t.parent())
-            .any(|t| t.name().starts_with("GstV4l2"))
-            .then(|| format!("{} ({})", element.name(), element.type_().name()))
-    })
+    // Device-specific V4L2 elements (v4l2fwhtenc, v4l2video0h264enc) are subclasses of
+    // GstV4l2VideoEnc, GstV4l2VideoDec, GstV4l2Transform...
+    walk::find_kind_beyond(src, |t| t.starts_with("GstV4l2"))
 }

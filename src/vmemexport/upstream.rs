@@ -31,7 +31,7 @@ const DMABUF_IMPORT: &str = "dmabuf-import";
 /// import the buffers of the pool vmemexport proposes as dma-bufs, if any.
 pub fn dmabuf_importer(sink: &gst::Pad) -> Option<String> {
     walk::find_beyond(sink, |element| {
-        imports_dmabufs(element).then(|| format!("{} ({})", element.name(), element.type_().name()))
+        imports_dmabufs(element).then(|| walk::describe(element))
     })
 }
 
@@ -56,9 +56,5 @@ const OWN_FRAME_DECODERS: &[&str] = &["GstVPXDec"];
 /// The decoder upstream of `sink` that pushes frames from its own memory when it may use
 /// VideoMeta (see the module's doc), if any.
 pub fn own_frame_decoder(sink: &gst::Pad) -> Option<String> {
-    walk::find_beyond(sink, |element| {
-        std::iter::successors(Some(element.type_()), |t| t.parent())
-            .any(|t| OWN_FRAME_DECODERS.contains(&t.name()))
-            .then(|| format!("{} ({})", element.name(), element.type_().name()))
-    })
+    walk::find_kind_beyond(sink, |t| OWN_FRAME_DECODERS.contains(&t))
 }

@@ -67,3 +67,19 @@ pub fn find_beyond<T>(pad: &gst::Pad, found: impl Fn(&gst::Element) -> Option<T>
     }
     None
 }
+
+/// `element` as the walks name it: "name (GType)".
+pub fn describe(element: &gst::Element) -> String {
+    format!("{} ({})", element.name(), element.type_().name())
+}
+
+/// The first element beyond `pad` (see [`find_beyond`]) whose GType, or one of its parent
+/// types, has a name that `is_kind` accepts: a subclass of a GStreamer base class, such as a
+/// device-specific V4L2 element.
+pub fn find_kind_beyond(pad: &gst::Pad, is_kind: impl Fn(&str) -> bool) -> Option<String> {
+    find_beyond(pad, |element| {
+        std::iter::successors(Some(element.type_()), |t| t.parent())
+            .any(|t| is_kind(t.name()))
+            .then(|| describe(element))
+    })
+}
