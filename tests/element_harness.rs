@@ -630,6 +630,7 @@ fn stats_add_up_and_list_every_documented_field() {
             "memory-count",
             "foreign-memory",
             "pin-refused",
+            "shares-pages",
             "needs-zero-offset",
             "udmabuf",
             "no-exporter",

@@ -3,10 +3,12 @@
 //!
 //! In order: memory that already is a dma-buf leaves as it is; memory of the pool vmemexport
 //! proposed (sealed memfds) is exported through udmabuf; other system memory (a decoder's own
-//! pool, an application's malloc) is exported in place through vmemexp, the frame keeping its
-//! position inside its first page as the memory's offset; anything else is refused, and the
-//! caller copies.
+//! pool, an application's malloc) is exported in place through vmemexp when the pages holding
+//! the frame are the memory's own storage ([`owned_pages`]), the frame keeping its position
+//! inside its first page as the memory's offset; anything else is refused, and the caller
+//! copies.
 
+use std::ops::Range;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use gst_allocators::prelude::*;
@@ -21,6 +23,7 @@ pub enum CopyReason {
     MemoryCount,
     ForeignMemory,
     PinRefused,
+    SharesPages,
     NeedsZeroOffset,
     Udmabuf,
     NoExporter,
@@ -29,10 +32,12 @@ pub enum CopyReason {
 }
 
 impl CopyReason {
-    pub const ALL: [CopyReason; 8] = [
+    /// In discriminant order: `Stats` indexes its counters by `reason as usize`.
+    pub const ALL: [CopyReason; 9] = [
         CopyReason::MemoryCount,
         CopyReason::ForeignMemory,
         CopyReason::PinRefused,
+        CopyReason::SharesPages,
         CopyReason::NeedsZeroOffset,
         CopyReason::Udmabuf,
         CopyReason::NoExporter,
@@ -45,6 +50,7 @@ impl CopyReason {
             CopyReason::MemoryCount => "memory-count",
             CopyReason::ForeignMemory => "foreign-memory",
             CopyReason::PinRefused => "pin-refused",
+            CopyReason::SharesPages => "shares-pages",
             CopyReason::NeedsZeroOffset => "needs-zero-offset",
             CopyReason::Udmabuf => "udmabuf",
             CopyReason::NoExporter => "no-exporter",
@@ -63,6 +69,10 @@ pub enum Refusal {
     Foreign { kind: String, why: String },
     /// vmemexp refused to pin the pages.
     Pin(String),
+    /// The whole pages holding the frame also hold bytes the memory does not own (GstMemory's
+    /// header, another allocation): `before` bytes in front of its storage in the first page,
+    /// `after` bytes behind it in the last.
+    SharesPages { before: usize, after: usize },
     /// Downstream reads frames from the start of their dma-buf, and this one starts `offset`
     /// bytes in.
     NeedsZeroOffset { offset: usize, consumer: String },
@@ -87,6 +97,7 @@ impl Refusal {
             Refusal::MemoryCount(_) => CopyReason::MemoryCount,
             Refusal::Foreign { .. } => CopyReason::ForeignMemory,
             Refusal::Pin(_) => CopyReason::PinRefused,
+            Refusal::SharesPages { .. } => CopyReason::SharesPages,
             Refusal::NeedsZeroOffset { .. } => CopyReason::NeedsZeroOffset,
             Refusal::Udmabuf(_) => CopyReason::Udmabuf,
             Refusal::NoExporter => CopyReason::NoExporter,
@@ -109,6 +120,16 @@ impl std::fmt::Display for Refusal {
                  cannot be exported in place: {why}"
             ),
             Refusal::Pin(why) => write!(f, "it cannot be exported in place: {why}"),
+            Refusal::SharesPages { before, after } => write!(
+                f,
+                "the pages holding it also hold bytes its memory does not own ({before} before \
+                 it, {after} after it: the GstMemory header, other allocations), and every \
+                 importer can read a whole-page export; memory that starts on a page and fills \
+                 its last page leaves without a copy (GstAllocationParams with align={} and \
+                 padding to the page's end, posix_memalign of whole pages, or the pool \
+                 vmemexport proposes)",
+                kernel::page_size() - 1
+            ),
             Refusal::NeedsZeroOffset { offset, consumer } => write!(
                 f,
                 "{consumer} reads frames from the first byte of their dma-buf (single-planar \
@@ -140,6 +161,62 @@ impl std::fmt::Display for Refusal {
 /// system memory (gst_allocator_alloc's default, gst_memory_new_wrapped, so C and Python
 /// applications' buffers) and gstreamer-rs's wrapped Rust memory (`Memory::from_mut_slice`).
 const PROCESS_MEMORY_TYPES: &[&str] = &["SystemMemory", "RustGlobalAllocatorMemory"];
+
+/// The whole pages a pinned export of a memory covers, if the memory owns every byte of them:
+/// the memory's `size` bytes at `data`, its `offset` and `maxsize` saying where its storage is
+/// (`[data - offset, data - offset + maxsize)`: its bytes, its prefix, its padding).
+///
+/// An export is whole pages, and every importer (a compositor, dmabufsink's clients in other
+/// processes) can read all of them, for as long as it holds the dma-buf. GstSystemMemory is
+/// one allocation with the GstMemory header in front of the data, and other allocations may
+/// share the first and last page; so the pages must lie inside the memory's own storage:
+/// storage that starts on a page (or a prefix that reaches back to one), and a frame that ends
+/// on a page or inside the memory's own padding.
+pub fn owned_pages(
+    data: usize,
+    size: usize,
+    offset: usize,
+    maxsize: usize,
+    page: usize,
+) -> Result<Range<usize>, Refusal> {
+    let overflow = || Refusal::Pin("its range overflows".into());
+    let storage_start = data.checked_sub(offset).ok_or_else(overflow)?;
+    let storage_end = storage_start.checked_add(maxsize).ok_or_else(overflow)?;
+    let end = data.checked_add(size).ok_or_else(overflow)?;
+    if end > storage_end {
+        return Err(Refusal::Pin(format!(
+            "its {size} bytes at offset {offset} overrun its {maxsize}-byte storage"
+        )));
+    }
+    let first = data - data % page;
+    let last = end.div_ceil(page).checked_mul(page).ok_or_else(overflow)?;
+    let before = storage_start.saturating_sub(first);
+    let after = last.saturating_sub(storage_end);
+    if before > 0 || after > 0 {
+        return Err(Refusal::SharesPages { before, after });
+    }
+    Ok(first..last)
+}
+
+/// [`owned_pages`] of system memory `mem`, whose mapping is its own storage, the same on every
+/// map; and where its bytes start in those pages.
+fn owned_pages_of(mem: &gst::MemoryRef) -> Result<(Range<usize>, usize), Refusal> {
+    let data = {
+        let map = mem
+            .map_readable()
+            .map_err(|e| Refusal::Pin(format!("cannot map it: {e}")))?;
+        map.as_ptr() as usize
+    };
+    let pages = owned_pages(
+        data,
+        mem.size(),
+        mem.offset(),
+        mem.maxsize(),
+        kernel::page_size() as usize,
+    )?;
+    let offset = data - pages.start;
+    Ok((pages, offset))
+}
 
 /// What one call to [`Exporter::dmabuf_of`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +308,8 @@ impl Exporter {
         Ok((export, Outcome::Exported))
     }
 
-    /// Exports the pages holding system memory `mem`'s bytes through vmemexp.
+    /// Exports the pages holding system memory `mem`'s bytes through vmemexp, if they are the
+    /// memory's own ([`owned_pages`]).
     fn pin(
         &self,
         mem: &gst::MemoryRef,
@@ -260,28 +338,17 @@ impl Exporter {
         if mem.size() == 0 {
             return Err(Refusal::Pin("the memory is empty".into()));
         }
-        // System memory's mapping is its own storage, the same on every map.
-        let start = {
-            let map = mem
-                .map_readable()
-                .map_err(|e| Refusal::Pin(format!("cannot map it: {e}")))?;
-            map.as_ptr() as usize
-        };
-        let page = kernel::page_size() as usize;
-        let first = start - start % page;
-        let end = start
-            .checked_add(mem.size())
-            .and_then(|e| kernel::page_align(e as u64))
-            .ok_or_else(|| Refusal::Pin("its range overflows".into()))? as usize;
-        let offset = start - first;
+        // Checked on every new export, in and out of process alike: a dma-buf can always be
+        // passed on.
+        let (pages, offset) = owned_pages_of(mem)?;
         check_offset(offset)?;
         // SAFETY: read-only exports of memory vmemexport only hands to consumers (displays,
         // encoders, dmabufsink's clients); GStreamer memory is never held as a Rust reference
         // across the export.
-        let dmabuf = unsafe { vmemexp.export(first, end - first, PinAccess::ReadOnly) }
+        let dmabuf = unsafe { vmemexp.export(pages.start, pages.len(), PinAccess::ReadOnly) }
             .map_err(|e| Refusal::Pin(e.to_string()))?;
         let export = self
-            .wrap(dmabuf, end - first, offset, mem.size())
+            .wrap(dmabuf, pages.len(), offset, mem.size())
             .map_err(Refusal::Pin)?;
         super::cache::cache_export(mem, export.clone());
         Ok((export, Outcome::Pinned))
@@ -306,5 +373,142 @@ impl Exporter {
             .expect("a fresh memory is writable")
             .resize(offset..offset + size);
         Ok(export)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 4096;
+    /// A page-aligned address, away from zero.
+    const BASE: usize = 0x7f00_0000_0000;
+
+    #[test]
+    fn page_aligned_storage_of_whole_pages_is_pinned() {
+        assert_eq!(
+            owned_pages(BASE, 3 * PAGE, 0, 3 * PAGE, PAGE),
+            Ok(BASE..BASE + 3 * PAGE)
+        );
+    }
+
+    #[test]
+    fn a_header_in_the_first_page_is_refused() {
+        // gst_buffer_new_allocate without alignment: one malloc block, the GstMemory header
+        // (and malloc's) in front of the data, in the frame's first page.
+        let size = 300 * PAGE;
+        assert_eq!(
+            owned_pages(BASE + 152, size, 0, size, PAGE),
+            Err(Refusal::SharesPages {
+                before: 152,
+                after: PAGE - 152
+            })
+        );
+    }
+
+    #[test]
+    fn a_tail_short_of_a_page_without_padding_is_refused() {
+        // I420 1280x720: 337.5 pages, from a page-aligned allocation of exactly that size.
+        let size = 1_382_400;
+        assert_eq!(
+            owned_pages(BASE, size, 0, size, PAGE),
+            Err(Refusal::SharesPages {
+                before: 0,
+                after: PAGE / 2
+            })
+        );
+        // One byte of padding short of the page.
+        assert_eq!(
+            owned_pages(BASE, size, 0, size + PAGE / 2 - 1, PAGE),
+            Err(Refusal::SharesPages {
+                before: 0,
+                after: 1
+            })
+        );
+    }
+
+    #[test]
+    fn padding_the_memory_owns_may_fill_the_last_page() {
+        let size = 1_382_400;
+        assert_eq!(
+            owned_pages(BASE, size, 0, size + PAGE / 2, PAGE),
+            Ok(BASE..BASE + 338 * PAGE)
+        );
+        // GstSystemMemory with align=page-1: the alignment slack behind the data is the
+        // memory's own too (maxsize counts it).
+        assert_eq!(
+            owned_pages(BASE, size, 0, size + PAGE - 1, PAGE),
+            Ok(BASE..BASE + 338 * PAGE)
+        );
+    }
+
+    #[test]
+    fn an_owned_prefix_may_fill_the_first_page() {
+        // A memory resized (or allocated with a prefix) to start 64 bytes into page-aligned
+        // storage: the frame leaves at offset 64 of its export.
+        assert_eq!(
+            owned_pages(BASE + 64, 2 * PAGE - 64, 64, 2 * PAGE, PAGE),
+            Ok(BASE..BASE + 2 * PAGE)
+        );
+        // A sub-memory of a shared page-aligned block, starting a page in.
+        assert_eq!(
+            owned_pages(BASE + PAGE + 8, 100, PAGE + 8, 4 * PAGE, PAGE),
+            Ok(BASE + PAGE..BASE + 2 * PAGE)
+        );
+        // A prefix that does not reach back to the page.
+        assert_eq!(
+            owned_pages(BASE + 64, 2 * PAGE - 64, 32, 2 * PAGE - 32, PAGE),
+            Err(Refusal::SharesPages {
+                before: 32,
+                after: 0
+            })
+        );
+    }
+
+    #[test]
+    fn impossible_layouts_are_refused_not_wrapped() {
+        assert!(matches!(
+            owned_pages(100, PAGE, 200, 2 * PAGE, PAGE),
+            Err(Refusal::Pin(_))
+        ));
+        assert!(matches!(
+            owned_pages(BASE, 2 * PAGE, 0, PAGE, PAGE),
+            Err(Refusal::Pin(_))
+        ));
+        assert!(matches!(
+            owned_pages(usize::MAX - 10, 100, 0, 200, PAGE),
+            Err(Refusal::Pin(_))
+        ));
+    }
+
+    /// Real GStreamer system memory: what `gst::Buffer::with_size` makes cannot leave in
+    /// place, what an allocator asked for page alignment and padding makes can.
+    #[test]
+    fn system_memory_is_pinned_only_when_allocated_for_it() {
+        gst::init().unwrap();
+        let page = kernel::page_size() as usize;
+        let size = 640 * 480 * 4 + 100;
+        let plain = gst::Memory::with_size(size);
+        let at = plain.map_readable().unwrap().as_ptr() as usize;
+        // The data follows the GstMemory header in the same block: inside a page, unless
+        // malloc happened to put the header just before a page boundary.
+        if !at.is_multiple_of(page) {
+            assert!(matches!(
+                owned_pages_of(&plain),
+                Err(Refusal::SharesPages { before, .. }) if before == at % page
+            ));
+        }
+        let params = gst::AllocationParams::new(gst::MemoryFlags::empty(), page - 1, 0, page - 1);
+        let aligned = gst::Allocator::find(None::<&str>)
+            .unwrap()
+            .alloc(size, Some(&params))
+            .unwrap();
+        let (pages, offset) = owned_pages_of(&aligned).unwrap();
+        assert_eq!(offset, 0);
+        assert_eq!(pages.len(), size.div_ceil(page) * page);
+        let refusal = owned_pages_of(&plain).err().map(|r| r.to_string());
+        if let Some(why) = refusal {
+            assert!(why.contains(&format!("align={}", page - 1)), "{why}");
+        }
     }
 }

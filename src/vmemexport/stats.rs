@@ -71,13 +71,22 @@ mod tests {
         stats.count_copy(CopyReason::NeedsZeroOffset, 100);
         stats.count_copy(CopyReason::NeedsZeroOffset, 100);
         stats.count_copy(CopyReason::ForeignMemory, 7);
+        stats.count_copy(CopyReason::SharesPages, 5);
         let s = stats.to_structure();
-        assert_eq!(s.get::<u64>("copies").unwrap(), 3);
-        assert_eq!(s.get::<u64>("bytes-copied").unwrap(), 207);
+        assert_eq!(s.get::<u64>("copies").unwrap(), 4);
+        assert_eq!(s.get::<u64>("bytes-copied").unwrap(), 212);
         let reasons = s.get::<gst::Structure>("copy-reasons").unwrap();
         assert_eq!(reasons.get::<u64>("needs-zero-offset").unwrap(), 2);
         assert_eq!(reasons.get::<u64>("foreign-memory").unwrap(), 1);
         assert_eq!(reasons.get::<u64>("pin-refused").unwrap(), 0);
+        assert_eq!(reasons.get::<u64>("shares-pages").unwrap(), 1);
         assert_eq!(reasons.n_fields(), CopyReason::ALL.len());
+    }
+
+    #[test]
+    fn every_reason_has_its_own_counter() {
+        for (i, reason) in CopyReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?}");
+        }
     }
 }
