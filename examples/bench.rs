@@ -11,9 +11,9 @@
 //!    process, ours vs upstream, raw and with the producer's own cost (videotestsrc ! fakesink
 //!    at the same caps) subtracted; peak RSS; most dma-buf fds open at once.
 //! 3. Syscalls per frame in steady state (strace -c on gst-launch, 2N frames minus N frames).
-//! 4. Frames from other memory (malloc, a decoder's pool): the vmemexp module's pinned export
-//!    against the copy fallback, 640x480 .. 3840x2160 (needs /dev/vmemexp: tests/vm/bench
-//!    loads the module).
+//! 4. Frames from other memory (page-aligned application frames, a decoder's pool): the
+//!    vmemexp module's pinned export against the copy fallback, 640x480 .. 3840x2160 (needs
+//!    /dev/vmemexp: tests/vm/bench loads the module).
 //! 5. A software decoder (avdec_h264, 1280x720 H.264 made by x264enc) into a display (kmssink)
 //!    and into an encoder (v4l2fwhtenc), with vmemexport and on upstream's copy path: CPU time,
 //!    bytes copied and memory held per arm, each arm in a child process of its own

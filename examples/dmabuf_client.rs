@@ -6,6 +6,8 @@
 //!
 //! --frames N          stop after N frames
 //! --server-uid UID    the uid the server must run as (default: ours); checked with SO_PEERCRED
+//! --dump DIR          also write each frame's whole first dma-buf, every byte this process
+//!                     can read, to DIR/<frame number>.bin, and print a `dump` line for it
 //!
 //! Misbehaving modes, for tests of the server:
 //!
@@ -13,7 +15,9 @@
 //! --no-release            read frames but never release them
 //! --idle-connections N    open N connections and never read any of them (hoarding)
 //!
-//! Output, one line per frame: `frame <number> pts <ns> <w>x<h> <fourcc> fds <n> checksum <hex>`.
+//! Output, one line per frame: `frame <number> pts <ns> <w>x<h> <fourcc> fds <n> checksum <hex>`;
+//! with --dump, then `dump <number> offset <plane 0 offset> size <frame bytes from 0> dmabuf
+//! <dma-buf bytes> <file>`.
 
 use std::process::ExitCode;
 
@@ -42,6 +46,11 @@ fn main() -> ExitCode {
         return idle_connections(path, n);
     }
     let server_uid = number("--server-uid").unwrap_or_else(|| rustix::process::geteuid().as_raw());
+    let dump_dir = args
+        .iter()
+        .position(|a| a == "--dump")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from);
 
     let client = match Client::connect_to_uid(path, server_uid) {
         Ok(c) => c,
@@ -84,6 +93,12 @@ fn main() -> ExitCode {
             String::from_utf8_lossy(&fourcc).trim_end(),
             frame.fds.len()
         );
+        if let Some(dir) = &dump_dir
+            && let Err(e) = dump(&frame, dir)
+        {
+            eprintln!("frame {}: cannot dump it: {e}", frame.info.frame_number);
+            return ExitCode::FAILURE;
+        }
         if release && let Err(e) = client.release(&frame) {
             eprintln!("release: {e}");
             return ExitCode::FAILURE;
@@ -95,6 +110,28 @@ fn main() -> ExitCode {
     }
     println!("end after {received} frames");
     ExitCode::SUCCESS
+}
+
+/// Writes the whole of `frame`'s first dma-buf to `dir` and says where the frame lies in it.
+fn dump(frame: &gstvmem::dmabufsink::ReceivedFrame, dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let (Some(fd), Some(&len)) = (frame.fds.first(), frame.fd_sizes.first()) else {
+        return Err(std::io::Error::other("no fd"));
+    };
+    // Checked to be a dma-buf on arrival.
+    let dmabuf = gstvmem::kernel::DmaBuf::known(fd.as_fd());
+    let bytes = gstvmem::kernel::read_dmabuf(dmabuf, len as usize, |b| b.to_vec())
+        .map_err(std::io::Error::other)?;
+    let path = dir.join(format!("{}.bin", frame.info.frame_number));
+    std::fs::write(&path, bytes)?;
+    println!(
+        "dump {} offset {} size {} dmabuf {len} {}",
+        frame.info.frame_number,
+        frame.info.offsets[0],
+        frame.info.size,
+        path.display()
+    );
+    Ok(())
 }
 
 /// Opens `n` connections and keeps them without reading: what a process hoarding the server's

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The benchmark's pinned-export section: what a frame of memory that is not from vmemexport's
-//! pool (an application's malloc, a decoder's own frames) costs through the vmemexp module,
-//! against the copy fallback, per frame size.
+//! pool (an application's page-aligned frames, a decoder's own frames) costs through the
+//! vmemexp module, against the copy fallback, per frame size.
 //!
 //! - Kernel: `VMEMEXP_IOC_EXPORT` of a frame, then closing the dma-buf (pin, export, unpin),
 //!   against a `memcpy` of the frame into a mapped memfd (what the copy fallback does).
-//! - Element: time inside vmemexport per frame, for appsrc pushing a new malloc'd frame each
-//!   time (a pin per frame), the same few frames again and again (a decoder's pool: one pin
-//!   per buffer, then cache hits), and `pin-system-memory=false` (a copy per frame).
+//! - Element: time inside vmemexport per frame, for appsrc pushing a new page-aligned frame
+//!   (`gst_allocator_alloc` with `align` and `padding` of a page less one) each time (a pin per
+//!   frame), the same few frames again and again (a decoder's pool: one pin per buffer, then
+//!   cache hits), and `pin-system-memory=false` (a copy per frame).
 
 use std::time::Instant;
 
@@ -110,8 +111,17 @@ fn element_cost(w: u32, h: u32, frames: usize, ring: Option<usize>, props: &str)
     let samples = super::driver::time_inside(&v);
     let size = info.size();
     let pusher = std::thread::spawn(move || {
+        // Page-aligned, the last page padded: memory vmemexport may pin (a plain
+        // `Buffer::with_size` shares its first page with its header and is copied).
+        let page = kernel::page_size() as usize;
+        let params = gst::AllocationParams::new(gst::MemoryFlags::empty(), page - 1, 0, page - 1);
         let make = || {
-            let mut b = gst::Buffer::with_size(size).unwrap();
+            let mem = gst::Allocator::find(None::<&str>)
+                .unwrap()
+                .alloc(size, Some(&params))
+                .unwrap();
+            let mut b = gst::Buffer::new();
+            b.get_mut().unwrap().append_memory(mem);
             b.get_mut().unwrap().map_writable().unwrap().fill(0x40);
             b
         };
