@@ -7,7 +7,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak demo clean
+.PHONY: all build setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak demo debug-kernel clean
 
 all: build
 
@@ -26,12 +26,16 @@ lint:
 # returns from the test like kselftest_harness.h's do.
 CHECKPATCH = perl $$(tests/vm/setup kernel-source)/scripts/checkpatch.pl --no-tree -q -f
 checkpatch:
-	$(CHECKPATCH) vmemexp/vmemexp.c vmemexp/include/uapi/linux/vmemexp.h
-	$(CHECKPATCH) --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON vmemexp/compat.h
+	$(CHECKPATCH) vmemexp/vmemexp.c vmemexp/include/uapi/linux/vmemexp.h \
+	  vmemexp/selftests/importer/vmemexp_importer.c \
+	  vmemexp/selftests/importer/include/uapi/linux/vmemexp_importer.h
+	$(CHECKPATCH) --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON vmemexp/compat.h \
+	  vmemexp/selftests/importer/compat.h
 	$(CHECKPATCH) --ignore MACRO_WITH_FLOW_CONTROL vmemexp/selftests/vmemexp_test.c
 	@echo "checkpatch: vmemexp/ clean"
 
-# vmemexp.ko for the testbed kernel and its selftest, in target/vmemexp/.
+# vmemexp.ko and the selftest's importer for every kernel of the matrix, without a warning, and
+# the selftest, in target/vmemexp/.
 module:
 	tests/vm/setup module >/dev/null
 
@@ -108,6 +112,14 @@ bench: vm-ready module
 # Soak and faults (full figures; the VM suite runs a short one): results/gst-<version>/soak.md.
 soak: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/soak $(SOAK_ARGS)
+
+# The module's selftest and stress on a debug build of the testbed kernel (lockdep, DMA API
+# debugging, KASAN, ...): outside make test for its build time; results/debug-kernel/.
+debug-kernel:
+	tests/vm/setup host
+	tests/vm/setup module 6.12-debug >/dev/null
+	k=$$(tests/vm/setup kernel 6.12-debug) && \
+	  tests/vm/run --kernel 6.12-debug --memory 3G -- tests/vm/debug-stress $${k%/arch/x86/boot/bzImage}/.config
 
 clean:
 	$(CARGO) clean

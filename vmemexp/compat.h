@@ -5,7 +5,9 @@
  * --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON; vmemexp.c needs none.
  *
  * Also relied on, unchanged since 6.1: pin_user_pages_fast(start, int
- * nr_pages, gup_flags, pages), mm->pinned_vm (atomic64_t), struct iosys_map
+ * nr_pages, gup_flags, pages), mm->pinned_vm (atomic64_t),
+ * user_struct->locked_vm (atomic_long_t), folio_mapping() and shmem_mapping()
+ * (an inline before 6.3, exported after), untagged_addr(), struct iosys_map
  * in dma_buf_ops.vmap (5.18), sg_alloc_table_from_pages_segment() (5.15),
  * get_unused_fd_flags()/fd_install(), dma_buf_ops.begin_cpu_access and the
  * dma-buf core calling map_dma_buf/vmap serialised (dmabuf->lock up to 6.1,
@@ -35,6 +37,20 @@ static inline void vm_flags_set(struct vm_area_struct *vma, vm_flags_t flags)
 {
 	vma->vm_flags |= flags;
 }
+
+static inline void vm_flags_clear(struct vm_area_struct *vma, vm_flags_t flags)
+{
+	vma->vm_flags &= ~flags;
+}
+#endif
+
+/*
+ * struct user_struct has locked_vm, which every export is charged to, when
+ * any of its users is built in (6.1: perf, BPF, networking, io_uring, ...;
+ * the list changes between versions, networking and io_uring stay on it).
+ */
+#if !defined(CONFIG_NET) && !defined(CONFIG_IO_URING)
+#error "vmemexp charges user_struct->locked_vm, which needs CONFIG_NET or CONFIG_IO_URING"
 #endif
 
 #endif /* VMEMEXP_COMPAT_H */

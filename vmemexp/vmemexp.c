@@ -5,28 +5,43 @@
  * The pages of [addr, addr + len) are pinned long-term (FOLL_LONGTERM) at
  * export and stay pinned until the last reference to the dma-buf is dropped,
  * so the exporting process may unmap or free its mapping, or exit, while
- * importers keep using the pages. Pinned pages are charged to the caller's
- * mm->pinned_vm (VmPin) and bounded by RLIMIT_MEMLOCK unless the caller has
- * CAP_IPC_LOCK, as RDMA and io_uring do for registered buffers.
+ * importers keep using the pages.
  *
- * Every export is pinned for write, whatever the dma-buf fd's access mode:
- * importing devices are not bound by that mode, and a read-only pin could
- * hand them page cache of a file the caller may only read, or the shared
- * zero page. The export flags choose the fd's mode (O_RDWR or O_RDONLY),
- * which limits what CPU mmap of the fd may do.
+ * Holders of the dma-buf are not trusted, and neither is the exporter:
+ *
+ * - Only anonymous, shmem (memfd, tmpfs, shared anonymous) and hugetlb pages
+ *   are exported. The rule is checked on the pinned folios themselves, after
+ *   the pin, so no mapping that changes between a check and the pin can slip
+ *   page cache of a disk filesystem through (GUP refuses those pins itself
+ *   only from 6.5 on).
+ * - Every pinned page is charged to the exporting user's locked_vm, against
+ *   RLIMIT_MEMLOCK unless the exporter has CAP_IPC_LOCK, the way io_uring
+ *   charges registered buffers. The charge lives as long as the dma-buf, not
+ *   the process: exporting from children that exit gains nothing. The mm's
+ *   pinned_vm is charged too, so VmPin shows the pin while the mm lives.
+ *   max_total_mb bounds all exports of all users together.
+ * - Every export is pinned for write, whatever the dma-buf fd's access mode:
+ *   importing devices are not bound by that mode, and a read-only pin could
+ *   hand them page cache of a file the caller may only read, or the shared
+ *   zero page. The export flags choose the fd's mode (O_RDWR or O_RDONLY); an
+ *   O_RDONLY export can never be mapped writable by the CPU, whichever path
+ *   reaches its mmap (the fd itself, or an importer's dma_buf_mmap()).
+ * - Each dma-buf is named "vmemexp:<pid>:<comm>" after its exporter, as
+ *   debugfs's bufinfo and the fd's fdinfo show.
  */
 
 #include <linux/capability.h>
+#include <linux/cred.h>
 #include <linux/dma-buf.h>
 #include <linux/dma-mapping.h>
 #include <linux/file.h>
-#include <linux/hugetlb.h>
 #include <linux/iosys-map.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
+#include <linux/sched/user.h>
 #include <linux/scatterlist.h>
 #include <linux/shmem_fs.h>
 #include <linux/slab.h>
@@ -41,13 +56,25 @@ static unsigned int max_size_mb = 4096;
 module_param(max_size_mb, uint, 0644);
 MODULE_PARM_DESC(max_size_mb, "Largest export, in MiB (E2BIG above). Default 4096.");
 
+static unsigned int max_total_mb;
+module_param(max_total_mb, uint, 0644);
+MODULE_PARM_DESC(max_total_mb,
+		 "All exports of all users together, in MiB (ENOSPC above). Default 0: no bound but each user's RLIMIT_MEMLOCK.");
+
+/* Pages pinned by all live exports. */
+static atomic_long_t vmemexp_total_pages = ATOMIC_LONG_INIT(0);
+
 /* pin_user_pages_fast() takes an int count: pin in bounded chunks. */
 #define VMEMEXP_PIN_CHUNK	(SZ_64M >> PAGE_SHIFT)
+/* A CPU fault maps this many pages (2 MiB with 4 KiB pages) at once. */
+#define VMEMEXP_FAULT_AROUND	512
 
 struct vmemexp_buffer {
 	struct page **pages;
 	unsigned long npages;
-	/* The mm charged for the pin; mmgrab()ed so the charge can be undone. */
+	/* The user charged for the pin (locked_vm), with a reference. */
+	struct user_struct *user;
+	/* The mm whose pinned_vm shows the pin; mmgrab()ed. */
 	struct mm_struct *mm;
 	/* Protects attachments and vaddr. */
 	struct mutex lock;
@@ -59,6 +86,8 @@ struct vmemexp_attachment {
 	struct device *dev;
 	struct sg_table sgt;
 	struct list_head list;
+	/* The direction of the mapping, while mapped. */
+	enum dma_data_direction dir;
 	bool mapped;
 };
 
@@ -69,7 +98,7 @@ static int vmemexp_attach(struct dma_buf *dmabuf,
 	struct vmemexp_attachment *a;
 	int ret;
 
-	a = kzalloc(sizeof(*a), GFP_KERNEL);
+	a = kzalloc(sizeof(*a), GFP_KERNEL_ACCOUNT);
 	if (!a)
 		return -ENOMEM;
 
@@ -78,7 +107,7 @@ static int vmemexp_attach(struct dma_buf *dmabuf,
 						buf->npages, 0,
 						buf->npages << PAGE_SHIFT,
 						dma_get_max_seg_size(attachment->dev),
-						GFP_KERNEL);
+						GFP_KERNEL_ACCOUNT);
 	if (ret) {
 		kfree(a);
 		return ret;
@@ -115,15 +144,22 @@ static struct sg_table *vmemexp_map_dma_buf(struct dma_buf_attachment *attachmen
 	struct vmemexp_attachment *a = attachment->priv;
 	int ret;
 
-	/* The dma-buf core holds the reservation lock (6.2+) or none. */
-	ret = dma_map_sgtable(a->dev, &a->sgt, dir, 0);
-	if (ret)
-		return ERR_PTR(ret);
-
+	/*
+	 * One table per attachment: a second map before the unmap would
+	 * map it again over the first and leak that mapping.
+	 */
 	mutex_lock(&buf->lock);
-	a->mapped = true;
+	if (a->mapped) {
+		ret = -EBUSY;
+	} else {
+		ret = dma_map_sgtable(a->dev, &a->sgt, dir, 0);
+		if (!ret) {
+			a->dir = dir;
+			a->mapped = true;
+		}
+	}
 	mutex_unlock(&buf->lock);
-	return &a->sgt;
+	return ret ? ERR_PTR(ret) : &a->sgt;
 }
 
 static void vmemexp_unmap_dma_buf(struct dma_buf_attachment *attachment,
@@ -134,12 +170,16 @@ static void vmemexp_unmap_dma_buf(struct dma_buf_attachment *attachment,
 	struct vmemexp_attachment *a = attachment->priv;
 
 	mutex_lock(&buf->lock);
+	dma_unmap_sgtable(a->dev, sgt, a->dir, 0);
 	a->mapped = false;
 	mutex_unlock(&buf->lock);
-
-	dma_unmap_sgtable(a->dev, sgt, dir, 0);
 }
 
+/*
+ * CPU access syncs every mapped attachment in the direction its importer
+ * mapped it with: the DMA API wants the mapping's direction, not the CPU's,
+ * and bounce buffers or non-coherent caches copy or invalidate by it.
+ */
 static int vmemexp_begin_cpu_access(struct dma_buf *dmabuf,
 				    enum dma_data_direction dir)
 {
@@ -152,7 +192,7 @@ static int vmemexp_begin_cpu_access(struct dma_buf *dmabuf,
 					     buf->npages << PAGE_SHIFT);
 	list_for_each_entry(a, &buf->attachments, list) {
 		if (a->mapped)
-			dma_sync_sgtable_for_cpu(a->dev, &a->sgt, dir);
+			dma_sync_sgtable_for_cpu(a->dev, &a->sgt, a->dir);
 	}
 	mutex_unlock(&buf->lock);
 	return 0;
@@ -169,36 +209,61 @@ static int vmemexp_end_cpu_access(struct dma_buf *dmabuf,
 		flush_kernel_vmap_range(buf->vaddr, buf->npages << PAGE_SHIFT);
 	list_for_each_entry(a, &buf->attachments, list) {
 		if (a->mapped)
-			dma_sync_sgtable_for_device(a->dev, &a->sgt, dir);
+			dma_sync_sgtable_for_device(a->dev, &a->sgt, a->dir);
 	}
 	mutex_unlock(&buf->lock);
 	return 0;
 }
 
+/* Maps the faulting page and up to VMEMEXP_FAULT_AROUND - 1 after it. */
 static vm_fault_t vmemexp_vm_fault(struct vm_fault *vmf)
 {
-	struct vmemexp_buffer *buf = vmf->vma->vm_private_data;
+	struct vm_area_struct *vma = vmf->vma;
+	struct vmemexp_buffer *buf = vma->vm_private_data;
+	unsigned long addr = vmf->address & PAGE_MASK;
+	pgoff_t pgoff = vmf->pgoff;
+	vm_fault_t ret;
+	unsigned int n;
 
-	if (vmf->pgoff >= buf->npages)
+	if (pgoff >= buf->npages)
 		return VM_FAULT_SIGBUS;
 
-	return vmf_insert_pfn(vmf->vma, vmf->address,
-			      page_to_pfn(buf->pages[vmf->pgoff]));
+	ret = vmf_insert_pfn(vma, addr, page_to_pfn(buf->pages[pgoff]));
+	for (n = 1; n < VMEMEXP_FAULT_AROUND && ret == VM_FAULT_NOPAGE; n++) {
+		addr += PAGE_SIZE;
+		if (addr >= vma->vm_end || pgoff + n >= buf->npages)
+			break;
+		if (vmf_insert_pfn(vma, addr,
+				   page_to_pfn(buf->pages[pgoff + n])) !=
+		    VM_FAULT_NOPAGE)
+			break;
+	}
+	return ret;
 }
 
 static const struct vm_operations_struct vmemexp_vm_ops = {
 	.fault = vmemexp_vm_fault,
 };
 
+/*
+ * Reached through mmap of the dma-buf fd, where the VFS has checked the fd's
+ * mode, and through dma_buf_mmap() from an importer's own mmap, where nobody
+ * has: the fd's mode is enforced here for both.
+ */
 static int vmemexp_mmap(struct dma_buf *dmabuf, struct vm_area_struct *vma)
 {
 	/*
 	 * A private mapping would copy on write and hide later writes of the
-	 * producer; the dma-buf core has checked the range and the fd's mode.
-	 * VM_MAYSHARE: a shared mapping of an O_RDONLY fd lacks VM_SHARED.
+	 * producer. VM_MAYSHARE: a shared mapping of an O_RDONLY fd lacks
+	 * VM_SHARED.
 	 */
 	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
+	if (!(dmabuf->file->f_mode & FMODE_WRITE)) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EACCES;
+		vm_flags_clear(vma, VM_MAYWRITE);
+	}
 
 	vma->vm_ops = &vmemexp_vm_ops;
 	vma->vm_private_data = dmabuf->priv;
@@ -235,10 +300,61 @@ static void vmemexp_vunmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	vunmap(map->vaddr);
 }
 
-static void vmemexp_uncharge(struct mm_struct *mm, unsigned long npages)
+/*
+ * Charges npages to the calling user (RLIMIT_MEMLOCK unless CAP_IPC_LOCK),
+ * to the module-wide bound, and to the mm's pinned_vm.
+ */
+static int vmemexp_charge(struct vmemexp_buffer *buf, struct mm_struct *mm)
 {
-	atomic64_sub(npages, &mm->pinned_vm);
-	mmdrop(mm);
+	unsigned long npages = buf->npages, cur, new, limit;
+	struct user_struct *user;
+
+	if (max_total_mb) {
+		limit = (unsigned long)max_total_mb << (20 - PAGE_SHIFT);
+		cur = atomic_long_read(&vmemexp_total_pages);
+		do {
+			new = cur + npages;
+			if (new > limit) {
+				pr_debug("%s[%d]: %lu pages over max_total_mb\n",
+					 current->comm, task_pid_nr(current),
+					 npages);
+				return -ENOSPC;
+			}
+		} while (!atomic_long_try_cmpxchg(&vmemexp_total_pages, &cur,
+						  new));
+	} else {
+		atomic_long_add(npages, &vmemexp_total_pages);
+	}
+
+	user = get_current_user();
+	limit = capable(CAP_IPC_LOCK) ? ULONG_MAX :
+		rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	cur = atomic_long_read(&user->locked_vm);
+	do {
+		new = cur + npages;
+		if (new > limit || new < cur) {
+			pr_debug("%s[%d]: %lu pages over the user's RLIMIT_MEMLOCK\n",
+				 current->comm, task_pid_nr(current), npages);
+			free_uid(user);
+			atomic_long_sub(npages, &vmemexp_total_pages);
+			return -ENOMEM;
+		}
+	} while (!atomic_long_try_cmpxchg(&user->locked_vm, &cur, new));
+	buf->user = user;
+
+	atomic64_add(npages, &mm->pinned_vm);
+	mmgrab(mm);
+	buf->mm = mm;
+	return 0;
+}
+
+static void vmemexp_uncharge(struct vmemexp_buffer *buf)
+{
+	atomic64_sub(buf->npages, &buf->mm->pinned_vm);
+	mmdrop(buf->mm);
+	atomic_long_sub(buf->npages, &buf->user->locked_vm);
+	free_uid(buf->user);
+	atomic_long_sub(buf->npages, &vmemexp_total_pages);
 }
 
 static void vmemexp_free(struct vmemexp_buffer *buf)
@@ -254,7 +370,7 @@ static void vmemexp_release(struct dma_buf *dmabuf)
 
 	/* Importers may have written whatever the fd's mode was. */
 	unpin_user_pages_dirty_lock(buf->pages, buf->npages, true);
-	vmemexp_uncharge(buf->mm, buf->npages);
+	vmemexp_uncharge(buf);
 	vmemexp_free(buf);
 }
 
@@ -272,9 +388,10 @@ static const struct dma_buf_ops vmemexp_dmabuf_ops = {
 };
 
 /*
- * Every page of the range must be mapped by a VMA whose pages can be pinned
- * long-term for write. GUP would refuse most of these too, but with EFAULT
- * for all of them; checking first gives each its own errno.
+ * A first pass over the VMAs, for an errno that says what is wrong with the
+ * range (GUP would fail most of these with EFAULT). It decides nothing on
+ * its own: the mappings may change once mmap_lock is dropped, so the pinned
+ * folios are checked again by vmemexp_check_folios().
  */
 static int vmemexp_check_vmas(struct mm_struct *mm, unsigned long start,
 			      unsigned long end)
@@ -311,19 +428,29 @@ static int vmemexp_check_vmas(struct mm_struct *mm, unsigned long start,
 	return ret;
 }
 
-static int vmemexp_charge(struct mm_struct *mm, unsigned long npages)
+/*
+ * The rule itself, on what was actually pinned: anonymous memory (private
+ * file mappings included, as FOLL_WRITE copied them on write), hugetlb and
+ * shmem. Anything else, page cache of a disk filesystem above all, must not
+ * stay pinned long-term for write: its writeback would race the importers.
+ */
+static int vmemexp_check_folios(struct page **pages, unsigned long npages)
 {
-	unsigned long limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
-	s64 pinned;
+	unsigned long i;
 
-	pinned = atomic64_add_return(npages, &mm->pinned_vm);
-	if (pinned > limit && !capable(CAP_IPC_LOCK)) {
-		atomic64_sub(npages, &mm->pinned_vm);
-		pr_debug("%s[%d]: %lu pages over RLIMIT_MEMLOCK\n",
-			 current->comm, task_pid_nr(current), npages);
-		return -ENOMEM;
+	for (i = 0; i < npages; i++) {
+		struct folio *folio = page_folio(pages[i]);
+		struct address_space *mapping;
+
+		if (folio_test_anon(folio) || folio_test_hugetlb(folio))
+			continue;
+		mapping = folio_mapping(folio);
+		if (mapping && shmem_mapping(mapping))
+			continue;
+		pr_debug("%s[%d]: page %lu of the range is not anonymous, shmem or hugetlb memory\n",
+			 current->comm, task_pid_nr(current), i);
+		return -EOPNOTSUPP;
 	}
-	mmgrab(mm);
 	return 0;
 }
 
@@ -344,7 +471,25 @@ static int vmemexp_pin(struct vmemexp_buffer *buf, unsigned long start)
 		}
 		done += ret;
 	}
-	return 0;
+
+	ret = vmemexp_check_folios(buf->pages, buf->npages);
+	if (ret)
+		unpin_user_pages(buf->pages, buf->npages);
+	return ret;
+}
+
+/* Names the dma-buf after the exporter, for bufinfo and fdinfo. */
+static void vmemexp_set_name(struct dma_buf *dmabuf)
+{
+	char *name = kasprintf(GFP_KERNEL_ACCOUNT, "vmemexp:%d:%s",
+			       task_tgid_nr(current), current->comm);
+
+	if (!name)
+		return;
+	spin_lock(&dmabuf->name_lock);
+	kfree(dmabuf->name);
+	dmabuf->name = name;
+	spin_unlock(&dmabuf->name_lock);
 }
 
 static struct dma_buf *vmemexp_export(const struct vmemexp_export *arg)
@@ -353,50 +498,57 @@ static struct dma_buf *vmemexp_export(const struct vmemexp_export *arg)
 	DEFINE_DMA_BUF_EXPORT_INFO(exp_info);
 	struct vmemexp_buffer *buf;
 	struct dma_buf *dmabuf;
-	unsigned long npages;
+	unsigned long addr, len, npages;
 	int ret;
 
 	if ((arg->flags & ~VMEMEXP_EXPORT_FLAGS) ||
 	    arg->reserved[0] || arg->reserved[1])
 		return ERR_PTR(-EINVAL);
-	if (!arg->len || !PAGE_ALIGNED(arg->addr) || !PAGE_ALIGNED(arg->len))
-		return ERR_PTR(-EINVAL);
-	if (arg->addr + arg->len < arg->addr)
+	/* 32-bit kernels: a range beyond unsigned long is not the caller's. */
+	if ((unsigned long)arg->addr != arg->addr ||
+	    (unsigned long)arg->len != arg->len)
 		return ERR_PTR(-EOVERFLOW);
-	npages = arg->len >> PAGE_SHIFT;
-	if (arg->len > (u64)max_size_mb << 20 ||
+	/* Tagged pointers (arm64 TBI, x86 LAM) name the same memory. */
+	addr = untagged_addr((unsigned long)arg->addr);
+	len = arg->len;
+	if (!len || !PAGE_ALIGNED(addr) || !PAGE_ALIGNED(len))
+		return ERR_PTR(-EINVAL);
+	if (addr + len < addr)
+		return ERR_PTR(-EOVERFLOW);
+	npages = len >> PAGE_SHIFT;
+	if (len > (unsigned long)max_size_mb << 20 ||
 	    npages > INT_MAX / sizeof(*buf->pages))
 		return ERR_PTR(-E2BIG);
-	if (!mm || !access_ok(u64_to_user_ptr(arg->addr), arg->len))
+	if (!mm || !access_ok((void __user *)addr, len))
 		return ERR_PTR(-EFAULT);
 
-	ret = vmemexp_check_vmas(mm, arg->addr, arg->addr + arg->len);
+	ret = vmemexp_check_vmas(mm, addr, addr + len);
 	if (ret)
 		return ERR_PTR(ret);
 
-	buf = kzalloc(sizeof(*buf), GFP_KERNEL);
+	buf = kzalloc(sizeof(*buf), GFP_KERNEL_ACCOUNT);
 	if (!buf)
 		return ERR_PTR(-ENOMEM);
 	mutex_init(&buf->lock);
 	INIT_LIST_HEAD(&buf->attachments);
 	buf->npages = npages;
-	buf->pages = kvmalloc_array(npages, sizeof(*buf->pages), GFP_KERNEL);
+	buf->pages = kvmalloc_array(npages, sizeof(*buf->pages),
+				    GFP_KERNEL_ACCOUNT);
 	if (!buf->pages) {
 		ret = -ENOMEM;
 		goto err_free;
 	}
 
-	ret = vmemexp_charge(mm, npages);
+	ret = vmemexp_charge(buf, mm);
 	if (ret)
 		goto err_free;
-	buf->mm = mm;
 
-	ret = vmemexp_pin(buf, arg->addr);
+	ret = vmemexp_pin(buf, addr);
 	if (ret)
 		goto err_uncharge;
 
 	exp_info.ops = &vmemexp_dmabuf_ops;
-	exp_info.size = arg->len;
+	exp_info.size = len;
 	exp_info.flags = arg->flags & VMEMEXP_EXPORT_WRITE ? O_RDWR : O_RDONLY;
 	exp_info.priv = buf;
 	dmabuf = dma_buf_export(&exp_info);
@@ -405,12 +557,13 @@ static struct dma_buf *vmemexp_export(const struct vmemexp_export *arg)
 		goto err_unpin;
 	}
 	/* From here the dma-buf owns buf: its release undoes everything. */
+	vmemexp_set_name(dmabuf);
 	return dmabuf;
 
 err_unpin:
 	unpin_user_pages(buf->pages, npages);
 err_uncharge:
-	vmemexp_uncharge(mm, npages);
+	vmemexp_uncharge(buf);
 err_free:
 	vmemexp_free(buf);
 	return ERR_PTR(ret);
@@ -447,6 +600,13 @@ static long vmemexp_ioctl_export(struct vmemexp_export __user *uarg)
 static long vmemexp_ioctl(struct file *file, unsigned int cmd,
 			  unsigned long arg)
 {
+	/*
+	 * Exporting pins memory: the device's write permission, not read,
+	 * is what grants it (a group given read access to /dev gets none).
+	 */
+	if (!(file->f_mode & FMODE_WRITE))
+		return -EBADF;
+
 	switch (cmd) {
 	case VMEMEXP_IOC_EXPORT:
 		return vmemexp_ioctl_export((void __user *)arg);

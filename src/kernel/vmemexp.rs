@@ -3,8 +3,9 @@
 //! of the calling process's memory as a dma-buf, its pages pinned until the last reference goes.
 //!
 //! The module's errnos become errors that say what to change: `EACCES` a mapping that is not
-//! read-write, `EOPNOTSUPP` device memory or page cache, `ENOMEM` usually `RLIMIT_MEMLOCK`,
-//! `EFAULT` a hole, `E2BIG` the module's `max_size_mb`.
+//! read-write, `EOPNOTSUPP` device memory or page cache, `ENOMEM` usually the user's
+//! `RLIMIT_MEMLOCK`, `ENOSPC` the module's `max_total_mb`, `EFAULT` a hole, `E2BIG` the
+//! module's `max_size_mb`, `EBADF` a device fd not open for writing.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
@@ -126,7 +127,11 @@ impl Vmemexp {
                               owner may write)"
                 .to_string(),
             Errno::OPNOTSUPP => "part of it is device memory (VM_IO/VM_PFNMAP) or page cache of a \
-                                 regular file, which cannot be pinned long-term"
+                                 file that is not shmem, which cannot be pinned long-term"
+                .to_string(),
+            Errno::BADF => "/dev/vmemexp is not open for writing".to_string(),
+            Errno::NOSPC => "all vmemexp exports together would exceed the module's \
+                             max_total_mb (/sys/module/vmemexp/parameters/max_total_mb)"
                 .to_string(),
             Errno::FAULT => "part of it is not mapped in this process".to_string(),
             Errno::TOOBIG => format!(
@@ -135,9 +140,11 @@ impl Vmemexp {
             ),
             Errno::NOMEM => match memlock_limit() {
                 Some(limit) => format!(
-                    "pinning it would exceed RLIMIT_MEMLOCK ({limit} bytes for this process, \
-                     counted over all its pinned pages): raise it (ulimit -l, systemd's \
-                     LimitMEMLOCK=) or grant CAP_IPC_LOCK; or the kernel is out of memory"
+                    "pinning it would exceed RLIMIT_MEMLOCK ({limit} bytes, counted over every \
+                     live vmemexp export of this user, from any of its processes, living or \
+                     not, as long as someone holds the dma-buf): raise it (ulimit -l, \
+                     systemd's LimitMEMLOCK=) or grant CAP_IPC_LOCK; or the kernel is out of \
+                     memory"
                 ),
                 None => "the kernel is out of memory".to_string(),
             },

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * vmemexp selftest: every case asserts an errno, a counter or the bytes seen
- * through the dma-buf. Needs root, the vmemexp module loaded and, for the
- * PRIME cases, vkms and vgem. TAP output; exit status 1 on any failure.
+ * through the dma-buf. Needs root, the vmemexp module and the selftest's
+ * importer (selftests/importer/) loaded, for the PRIME cases vkms and vgem,
+ * and for the file cases an ext4 image (made by tests/vm/setup module) and
+ * loop devices. TAP output; exit status 1 on any failure.
  *
  *   vmemexp_test [NAME-SUBSTRING...]
  *   VMEMEXP_CYCLES=N   export/release cycles of the "cycles" case (100000)
- *   vmemexp_test --load PATH.ko | --unload
+ *   VMEMEXP_RACE_ROUNDS=N  rounds of the "race_file_pin" case (3000)
+ *   VMEMEXP_EXT4_IMAGE=PATH  the ext4 image (ext4.img beside this program)
+ *   vmemexp_test --load PATH.ko | --unload NAME
  *                      insmod/rmmod by the same syscalls, for userlands
  *                      without kmod
  */
@@ -36,11 +40,16 @@
 #include <unistd.h>
 
 #include <linux/dma-buf.h>
+#include <linux/loop.h>
 #include <linux/vmemexp.h>
+#include <linux/vmemexp_importer.h>
 #include <drm.h>
 #include <drm_mode.h>
+#include <malloc.h>
 
-#define PAGE 4096UL
+/* The page size of the running kernel, set in main(). */
+static unsigned long page_size;
+#define PAGE page_size
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define DEV_PATH "/dev/vmemexp"
 
@@ -283,25 +292,6 @@ static int t_readonly_fd(void)
 	return 0;
 }
 
-static int t_dma_buf_sync(void)
-{
-	size_t len = 4 * PAGE;
-	uint8_t *user = map_anon(len);
-	int fd;
-
-	ASSERT(user);
-	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
-	ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW) == 0);
-	fill(user, len, 5);
-	ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW) == 0);
-	ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ) == 0);
-	ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ) == 0);
-	ASSERT(dmabuf_sync(fd, 0x80) == -EINVAL);
-	close(fd);
-	munmap(user, len);
-	return 0;
-}
-
 static int t_memfd_shared(void)
 {
 	size_t len = 8 * PAGE;
@@ -386,9 +376,12 @@ static int t_bad_too_big(void)
 
 static int t_bad_kernel_addr(void)
 {
-	/* x86-64's direct map, and a range that crosses the end of user space. */
-	ASSERT(export_errno((void *)0xffff888000000000UL, PAGE, VMEMEXP_EXPORT_WRITE) == -EFAULT);
-	ASSERT(export_errno((void *)0x00007ffffffff000UL, 2 * PAGE, 0) == -EFAULT);
+	/* The last page of the address space is the kernel's everywhere. */
+	ASSERT(export_errno((void *)(0UL - 2 * PAGE), PAGE, VMEMEXP_EXPORT_WRITE) == -EFAULT);
+#ifdef __x86_64__
+	/* A range that crosses the end of x86-64's 47-bit user space. */
+	ASSERT(export_errno((void *)(0x0000800000000000UL - PAGE), 2 * PAGE, 0) == -EFAULT);
+#endif
 	return 0;
 }
 
@@ -585,28 +578,50 @@ static int t_munmap_after_export(void)
 	return 0;
 }
 
+/*
+ * Heap memory freed after its export: the pages stay pinned, but the
+ * allocator keeps them mapped and hands them out again, so holders of the
+ * dma-buf see (and, through a writable export, change) later allocations.
+ * This case pins that down: it is why vmemexport never exports memory its
+ * frame does not own outright. The chunk comes from the brk heap (below
+ * glibc's mmap threshold), and the same-size malloc() right after free()
+ * gets it back.
+ */
 static int t_free_after_export(void)
 {
-	size_t len = 1 << 20;
+	size_t len = 16 * PAGE;
 	void *user = NULL, *other;
+	uintptr_t freed;
 	uint8_t *view;
 	long pin = vmpin_kb();
 	int fd;
 
+	ASSERT(mallopt(M_MMAP_THRESHOLD, 64 << 20) == 1);
 	ASSERT(posix_memalign(&user, PAGE, len) == 0);
 	fill(user, len, 11);
 	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
+	freed = (uintptr_t)user;
 	free(user);
-	other = malloc(len);
+	other = malloc(len - 64);
 	ASSERT(other);
-	fill(other, len, 12);
+	fill(other, len - 64, 12);
 	view = map_dmabuf(fd, len, PROT_READ);
 	ASSERT(view);
-	ASSERT(differs(view, len, 11) == -1);
+	if ((uintptr_t)other >= freed && (uintptr_t)other < freed + len) {
+		size_t at = (uintptr_t)other - freed;
+
+		diag("the allocator reused the freed, still pinned pages at +%zu", at);
+		ASSERT(memcmp(view + at, other, 64) == 0);
+	} else {
+		FAIL("malloc did not reuse the freed chunk (%p, freed 0x%lx): the case proves nothing",
+		     other, (unsigned long)freed);
+	}
 	munmap(view, len);
 	close(fd);
 	free(other);
 	ASSERT(vmpin_kb() == pin);
+	/* Memory the process unmaps, as an mmap()ed chunk, is not reused. */
+	ASSERT(mallopt(M_MMAP_THRESHOLD, 128 * 1024) == 1);
 	return 0;
 }
 
@@ -888,15 +903,659 @@ static int t_threads(void)
 	return 0;
 }
 
+/* ---- holders and exporters are adversaries ---- */
+
+struct escape {
+	int sock;	/* to the parent */
+	size_t len;	/* each child's export */
+};
+
+static int escape_child(void *arg)
+{
+	struct escape *e = arg;
+	uint8_t *user = map_anon(e->len);
+	int fd, ret;
+
+	if (!user)
+		return -1;
+	fill(user, e->len, 40);
+	ret = vexport(dev, user, e->len, VMEMEXP_EXPORT_WRITE, &fd);
+	if (ret) {
+		/* The refusal's errno, for the parent. */
+		int err = -ret;
+
+		return write(e->sock, &err, sizeof(err)) == sizeof(err) ? 0 : -1;
+	}
+	return send_fd(e->sock, fd);
+}
+
+/*
+ * The attack on the memlock bound: children of one unprivileged user each
+ * export up to RLIMIT_MEMLOCK, pass the dma-buf to the parent and exit; the
+ * parent keeps every dma-buf alive with a mapping. The charge must follow the
+ * user, not the exiting mm: the second child is refused with ENOMEM.
+ */
+static int escape_parent(void *arg)
+{
+	size_t limit = 8 << 20, each = 6 << 20, held = 0;
+	struct rlimit rl = { .rlim_cur = limit, .rlim_max = limit };
+	void *views[12];
+	int refused = 0, exported = 0, sv[2];
+
+	(void)arg;
+	ASSERT(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+	ASSERT(setgroups(0, NULL) == 0 && setgid(65534) == 0 && setuid(65534) == 0);
+	ASSERT(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) == 0);
+	for (int i = 0; i < 12; i++) {
+		struct escape e = { .sock = sv[1], .len = each };
+		int fd, err;
+		struct iovec iov = { .iov_base = &err, .iov_len = sizeof(err) };
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int))];
+		} u = { 0 };
+		struct msghdr msg = {
+			.msg_iov = &iov, .msg_iovlen = 1,
+			.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+		};
+
+		ASSERT(in_child(escape_child, &e) == 0);
+		ASSERT(recvmsg(sv[0], &msg, 0) > 0);
+		if (msg.msg_controllen && CMSG_FIRSTHDR(&msg)) {
+			memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+			views[exported] = map_dmabuf(fd, each, PROT_READ);
+			ASSERT(views[exported]);
+			close(fd);
+			exported++;
+			held += each;
+		} else {
+			if (err != ENOMEM && err != EAGAIN)
+				FAIL("child %d: errno %d, expected ENOMEM", i, err);
+			refused++;
+		}
+	}
+	diag("12 children of one user, each exporting %zu MiB under an %zu MiB RLIMIT_MEMLOCK: %d exported (%zu MiB held), %d refused",
+	     each >> 20, limit >> 20, exported, held >> 20, refused);
+	if (held > limit)
+		FAIL("the user holds %zu MiB pinned over its %zu MiB limit", held >> 20, limit >> 20);
+	ASSERT(exported == 1 && refused == 11);
+	/* Released dma-bufs give the user's budget back. */
+	for (int i = 0; i < exported; i++)
+		munmap(views[i], each);
+	{
+		struct escape e = { .sock = sv[1], .len = each };
+		int fd = -1;
+
+		ASSERT(in_child(escape_child, &e) == 0);
+		fd = recv_fd(sv[0]);
+		ASSERT(fd >= 0);
+		close(fd);
+	}
+	close(sv[0]);
+	close(sv[1]);
+	return 0;
+}
+
+static int t_memlock_survives_exit(void)
+{
+	ASSERT(getuid() == 0);
+	return in_child(escape_parent, NULL);
+}
+
+static int read_param(const char *name, char *buf, size_t len)
+{
+	char path[128];
+	int fd, n;
+
+	snprintf(path, sizeof(path), "/sys/module/vmemexp/parameters/%s", name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	buf[n] = 0;
+	return 0;
+}
+
+static int write_param(const char *name, const char *value)
+{
+	char path[128];
+	int fd, ok;
+
+	snprintf(path, sizeof(path), "/sys/module/vmemexp/parameters/%s", name);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ok = write(fd, value, strlen(value)) == (ssize_t)strlen(value);
+	close(fd);
+	return ok ? 0 : -EIO;
+}
+
+static int t_global_cap(void)
+{
+	size_t len = 2 << 20;
+	uint8_t *user = map_anon(len);
+	char old[32];
+	int fd = -1, over, within;
+
+	ASSERT(user);
+	ASSERT(read_param("max_total_mb", old, sizeof(old)) == 0 && atoi(old) == 0);
+	ASSERT(write_param("max_total_mb", "1") == 0);
+	/* Root, CAP_IPC_LOCK and all: the administrator's cap binds everyone. */
+	over = export_errno(user, len, VMEMEXP_EXPORT_WRITE);
+	within = vexport(dev, user, len / 2, VMEMEXP_EXPORT_WRITE, &fd);
+	ASSERT(write_param("max_total_mb", "0") == 0);
+	if (fd >= 0)
+		close(fd);
+	if (over != -ENOSPC)
+		FAIL("2 MiB under a 1 MiB max_total_mb: %d, expected -ENOSPC", over);
+	ASSERT(within == 0);
+	ASSERT(export_errno(user, len, VMEMEXP_EXPORT_WRITE) == 0);
+	munmap(user, len);
+	return 0;
+}
+
+static int fdinfo_line(int fd, const char *key, char *out, size_t len)
+{
+	char path[64], line[256];
+	FILE *f;
+	int found = -1;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, key, strlen(key)) && line[strlen(key)] == ':') {
+			char *v = line + strlen(key) + 1;
+
+			v += strspn(v, " \t");
+			v[strcspn(v, "\n")] = 0;
+			snprintf(out, len, "%s", v);
+			found = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+static int t_named_after_exporter(void)
+{
+	uint8_t *user = map_anon(PAGE);
+	char name[128], want[128], comm[32] = "", exp[64];
+	FILE *f = fopen("/proc/self/comm", "re");
+	int fd;
+
+	ASSERT(user && f);
+	ASSERT(fgets(comm, sizeof(comm), f));
+	fclose(f);
+	comm[strcspn(comm, "\n")] = 0;
+	ASSERT(vexport(dev, user, PAGE, 0, &fd) == 0);
+	ASSERT(fdinfo_line(fd, "exp_name", exp, sizeof(exp)) == 0 && !strcmp(exp, "vmemexp"));
+	ASSERT(fdinfo_line(fd, "name", name, sizeof(name)) == 0);
+	snprintf(want, sizeof(want), "vmemexp:%d:%s", getpid(), comm);
+	if (strcmp(name, want))
+		FAIL("fdinfo name '%s', expected '%s'", name, want);
+	close(fd);
+	munmap(user, PAGE);
+	return 0;
+}
+
+static int t_device_fd_readonly(void)
+{
+	uint8_t *user = map_anon(PAGE);
+	int ro = open(DEV_PATH, O_RDONLY | O_CLOEXEC), fd;
+
+	ASSERT(user && ro >= 0);
+	/* Pinning memory takes the device's write permission. */
+	ASSERT(vexport(ro, user, PAGE, VMEMEXP_EXPORT_WRITE, &fd) == -EBADF);
+	ASSERT(vexport(ro, user, PAGE, 0, &fd) == -EBADF);
+	close(ro);
+	munmap(user, PAGE);
+	return 0;
+}
+
+static int open_importer(int dmabuf)
+{
+	int imp = open("/dev/vmemexp_importer", O_RDWR | O_CLOEXEC);
+
+	if (imp < 0) {
+		diag("open /dev/vmemexp_importer: %s (load selftests/importer's module)", strerror(errno));
+		return -1;
+	}
+	if (ioctl(imp, VMEMEXP_IMPORTER_IOC_IMPORT, &dmabuf)) {
+		diag("importer: import: %s", strerror(errno));
+		close(imp);
+		return -1;
+	}
+	return imp;
+}
+
+/*
+ * The attack on read-only exports: a driver's mmap of an imported object
+ * reaches the exporter through dma_buf_mmap(), which does not check the
+ * dma-buf fd's mode. A writable mapping of an O_RDONLY export must be
+ * refused there too, and a read-only one must not become writable.
+ */
+static int t_importer_mmap_readonly(void)
+{
+	size_t len = 4 * PAGE;
+	uint8_t *user = map_anon(len), *view;
+	int fd, imp;
+
+	ASSERT(user);
+	fill(user, len, 41);
+	ASSERT(vexport(dev, user, len, 0, &fd) == 0);
+	imp = open_importer(fd);
+	ASSERT(imp >= 0);
+	view = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, imp, 0);
+	if (view != MAP_FAILED) {
+		view[0] ^= 0xff;
+		FAIL("an importer mapped a read-only export writable; the producer's byte 0 is now 0x%02x",
+		     user[0]);
+	}
+	ASSERT(errno == EACCES);
+	view = mmap(NULL, len, PROT_READ, MAP_SHARED, imp, 0);
+	ASSERT(view != MAP_FAILED);
+	ASSERT(differs(view, len, 41) == -1);
+	ASSERT(mprotect(view, len, PROT_READ | PROT_WRITE) == -1 && errno == EACCES);
+	munmap(view, len);
+	/* A writable export is writable through the importer too. */
+	close(imp);
+	close(fd);
+	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
+	imp = open_importer(fd);
+	ASSERT(imp >= 0);
+	view = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, imp, 0);
+	ASSERT(view != MAP_FAILED);
+	fill(view, PAGE, 42);
+	ASSERT(differs(user, PAGE, 42) == -1);
+	munmap(view, len);
+	close(imp);
+	close(fd);
+	munmap(user, len);
+	return 0;
+}
+
+static int t_importer_double_map(void)
+{
+	uint8_t *user = map_anon(4 * PAGE);
+	__u32 dir = VMEMEXP_IMPORTER_TO_DEVICE;
+	int fd, imp;
+
+	ASSERT(user);
+	ASSERT(vexport(dev, user, 4 * PAGE, 0, &fd) == 0);
+	imp = open_importer(fd);
+	ASSERT(imp >= 0);
+	ASSERT(ioctl(imp, VMEMEXP_IMPORTER_IOC_MAP, &dir) == 0);
+	/* One table per attachment: mapping it again before the unmap is refused. */
+	if (ioctl(imp, VMEMEXP_IMPORTER_IOC_MAP, &dir) == 0)
+		FAIL("a second map of the same attachment succeeded (it re-maps the table)");
+	ASSERT(errno == EBUSY);
+	ASSERT(ioctl(imp, VMEMEXP_IMPORTER_IOC_UNMAP) == 0);
+	ASSERT(ioctl(imp, VMEMEXP_IMPORTER_IOC_MAP, &dir) == 0);
+	close(imp);
+	close(fd);
+	munmap(user, 4 * PAGE);
+	return 0;
+}
+
+/* Lines of the kernel log that name the DMA API's checks, from now on. */
+static int kmsg_open(void)
+{
+	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd >= 0)
+		lseek(fd, 0, SEEK_END);
+	return fd;
+}
+
+static int kmsg_count(int fd, const char *what)
+{
+	char rec[2048];
+	int n = 0;
+	ssize_t r;
+
+	while ((r = read(fd, rec, sizeof(rec) - 1)) > 0 || (r < 0 && errno == EPIPE)) {
+		if (r <= 0)
+			continue;
+		rec[r] = 0;
+		if (strstr(rec, what)) {
+			diag("kernel: %.*s", (int)strcspn(rec, "\n"), rec);
+			n++;
+		}
+	}
+	return n;
+}
+
+/*
+ * CPU access with a device mapping in place: every sync must use the
+ * direction the importer mapped with. Under CONFIG_DMA_API_DEBUG a sync in
+ * another direction is reported ("DMA-API: ... different direction"), which
+ * fails this case; elsewhere it checks that the syncs succeed.
+ */
+static int t_dma_buf_sync(void)
+{
+	size_t len = 4 * PAGE;
+	uint8_t *user = map_anon(len);
+	__u32 dirs[] = { VMEMEXP_IMPORTER_TO_DEVICE, VMEMEXP_IMPORTER_FROM_DEVICE,
+			 VMEMEXP_IMPORTER_BIDIRECTIONAL };
+	int fd, imp, kmsg = kmsg_open(), splats;
+
+	ASSERT(user && kmsg >= 0);
+	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		imp = open_importer(fd);
+		ASSERT(imp >= 0);
+		ASSERT(ioctl(imp, VMEMEXP_IMPORTER_IOC_MAP, &dirs[i]) == 0);
+		ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW) == 0);
+		fill(user, len, 5);
+		ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW) == 0);
+		ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ) == 0);
+		ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ) == 0);
+		ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE) == 0);
+		ASSERT(dmabuf_sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE) == 0);
+		close(imp);
+	}
+	ASSERT(dmabuf_sync(fd, 0x80) == -EINVAL);
+	splats = kmsg_count(kmsg, "DMA-API");
+	close(kmsg);
+	if (splats)
+		FAIL("%d DMA-API debug reports during CPU syncs", splats);
+	close(fd);
+	munmap(user, len);
+	return 0;
+}
+
+/* One CPU fault maps a window of pages, not one page: count the faults. */
+static int t_fault_around(void)
+{
+	size_t len = 8 << 20, npages = len / PAGE;
+	uint8_t *user = map_anon(len), *view;
+	struct rusage before, after;
+	uint32_t sum = 0, want = 0;
+	long faults;
+	int fd;
+
+	ASSERT(user);
+	fill(user, len, 43);
+	ASSERT(vexport(dev, user, len, 0, &fd) == 0);
+	view = map_dmabuf(fd, len, PROT_READ);
+	ASSERT(view);
+	ASSERT(getrusage(RUSAGE_SELF, &before) == 0);
+	for (size_t i = 0; i < len; i += PAGE)
+		sum += view[i];
+	ASSERT(getrusage(RUSAGE_SELF, &after) == 0);
+	for (size_t i = 0; i < len; i += PAGE)
+		want += user[i];
+	ASSERT(sum == want);
+	faults = after.ru_minflt - before.ru_minflt;
+	diag("reading %zu pages of a mapped export took %ld faults", npages, faults);
+	if (faults > (long)(npages / 64))
+		FAIL("%ld faults for %zu pages: expected at most one per 64", faults, npages);
+	ASSERT(differs(view, len, 43) == -1);
+	munmap(view, len);
+	close(fd);
+	munmap(user, len);
+	return 0;
+}
+
+static int t_mremap_and_past_end(void)
+{
+	size_t len = 4 * PAGE;
+	uint8_t *user = map_anon(len), *view, *grown;
+	int fd, imp;
+
+	ASSERT(user);
+	fill(user, len, 44);
+	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
+	/* A mapping past the end of the dma-buf, through the fd or an importer. */
+	ASSERT(mmap(NULL, len + PAGE, PROT_READ, MAP_SHARED, fd, 0) == MAP_FAILED);
+	ASSERT(mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, len) == MAP_FAILED);
+	imp = open_importer(fd);
+	ASSERT(imp >= 0);
+	ASSERT(mmap(NULL, 2 * PAGE, PROT_READ, MAP_SHARED, imp, 3 * PAGE) == MAP_FAILED);
+	close(imp);
+	/* Growing a mapping would fault past the end: VM_DONTEXPAND refuses it. */
+	view = map_dmabuf(fd, len, PROT_READ);
+	ASSERT(view);
+	grown = mremap(view, len, 2 * len, MREMAP_MAYMOVE);
+	if (grown != MAP_FAILED)
+		FAIL("mremap grew a mapping of a %zu-byte export to %zu bytes", len, 2 * len);
+	ASSERT(differs(view, len, 44) == -1);
+	/* Shrinking is fine. */
+	ASSERT(mremap(view, len, PAGE, 0) == view);
+	munmap(view, PAGE);
+	close(fd);
+	munmap(user, len);
+	return 0;
+}
+
+/* ---- memory of every kind: what may be pinned and what may not ---- */
+
+static const char *ext4_dir = "/tmp/vmemexp-ext4";
+static char ext4_image[512];
+
+/* An ext4 filesystem on a loop device over a memfd copy of the image. */
+static int ext4_mount(void)
+{
+	static int mounted;
+	char loop[32], buf[65536];
+	int img, mfd, ctl, lfd, n;
+	ssize_t r;
+
+	if (mounted)
+		return 0;
+	img = open(ext4_image, O_RDONLY | O_CLOEXEC);
+	if (img < 0)
+		FAIL("open %s: %s (tests/vm/setup module makes it)", ext4_image, strerror(errno));
+	mfd = memfd_create("vmemexp-ext4", MFD_CLOEXEC);
+	ASSERT(mfd >= 0);
+	while ((r = read(img, buf, sizeof(buf))) > 0)
+		ASSERT(write(mfd, buf, r) == r);
+	close(img);
+	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	ASSERT(ctl >= 0);
+	n = ioctl(ctl, LOOP_CTL_GET_FREE);
+	close(ctl);
+	ASSERT(n >= 0);
+	snprintf(loop, sizeof(loop), "/dev/loop%d", n);
+	lfd = open(loop, O_RDWR | O_CLOEXEC);
+	ASSERT(lfd >= 0);
+	ASSERT(ioctl(lfd, LOOP_SET_FD, mfd) == 0);
+	close(mfd);
+	mkdir(ext4_dir, 0700);
+	if (mount(loop, ext4_dir, "ext4", 0, NULL))
+		FAIL("mount %s (ext4) on %s: %s", loop, ext4_dir, strerror(errno));
+	mounted = 1;
+	return 0;
+}
+
+/* A file of len bytes on ext4, filled with seed's pattern. */
+static int ext4_file(const char *name, size_t len, uint32_t seed)
+{
+	char path[256];
+	void *p;
+	int fd;
+
+	if (ext4_mount())
+		return -1;
+	snprintf(path, sizeof(path), "%s/%s", ext4_dir, name);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, len))
+		FAIL("create %s: %s", path, strerror(errno));
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT(p != MAP_FAILED);
+	fill(p, len, seed);
+	ASSERT(msync(p, len, MS_SYNC) == 0);
+	munmap(p, len);
+	return fd;
+}
+
+static int t_ext4_shared_refused(void)
+{
+	size_t len = 4 * PAGE;
+	int ffd = ext4_file("shared", len, 45);
+	uint8_t *user;
+	long pin = vmpin_kb();
+
+	ASSERT(ffd >= 0);
+	user = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, ffd, 0);
+	ASSERT(user != MAP_FAILED);
+	ASSERT(export_errno(user, len, VMEMEXP_EXPORT_WRITE) == -EOPNOTSUPP);
+	ASSERT(export_errno(user, len, 0) == -EOPNOTSUPP);
+	ASSERT(vmpin_kb() == pin);
+	munmap(user, len);
+	close(ffd);
+	return 0;
+}
+
+/* A private file mapping is exported as the private copy, never the file. */
+static int t_ext4_private_cow(void)
+{
+	size_t len = 4 * PAGE;
+	int ffd = ext4_file("private", len, 46), fd;
+	uint8_t *user, *view, *file;
+
+	ASSERT(ffd >= 0);
+	user = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, ffd, 0);
+	ASSERT(user != MAP_FAILED);
+	ASSERT(differs(user, len, 46) == -1);
+	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
+	view = map_dmabuf(fd, len, PROT_READ | PROT_WRITE);
+	ASSERT(view);
+	ASSERT(differs(view, len, 46) == -1);
+	fill(view, len, 47);
+	/* The process's private copy changed; the file did not. */
+	ASSERT(differs(user, len, 47) == -1);
+	file = mmap(NULL, len, PROT_READ, MAP_SHARED, ffd, 0);
+	ASSERT(file != MAP_FAILED);
+	ASSERT(differs(file, len, 46) == -1);
+	munmap(file, len);
+	munmap(view, len);
+	close(fd);
+	munmap(user, len);
+	close(ffd);
+	return 0;
+}
+
+struct race {
+	uint8_t *range;
+	size_t len;
+	int ffd;
+	int stop;	/* __atomic */
+};
+
+/* Swaps the range between anonymous memory and a shared mapping of the file. */
+static void *race_swapper(void *arg)
+{
+	struct race *r = arg;
+
+	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED)) {
+		mmap(r->range, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->ffd, 0);
+		mmap(r->range, r->len, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	}
+	return NULL;
+}
+
+/*
+ * The attack on the VMA check: a second thread maps a file of a disk
+ * filesystem over the range between vmemexp's check and its pin. No export
+ * may ever hold the file's page cache: an export that succeeds shows
+ * anonymous memory (zeros), never the file's pattern. Before Linux 6.5 GUP
+ * does not refuse such long-term pins itself.
+ */
+static int t_race_file_pin(void)
+{
+	size_t len = 4 * PAGE;
+	const char *env = getenv("VMEMEXP_RACE_ROUNDS");
+	int rounds = env ? atoi(env) : 3000, exported = 0, pagecache = 0, refused = 0, other = 0;
+	struct race r = { .len = len };
+	pthread_t t;
+
+	r.ffd = ext4_file("race", len, 48);
+	ASSERT(r.ffd >= 0);
+	r.range = map_anon(len);
+	ASSERT(r.range);
+	ASSERT(pthread_create(&t, NULL, race_swapper, &r) == 0);
+	for (int i = 0; i < rounds; i++) {
+		int fd, ret = vexport(dev, r.range, len, 0, &fd);
+		uint8_t *view;
+
+		if (ret == -EOPNOTSUPP || ret == -EFAULT || ret == -EACCES) {
+			refused++;
+			continue;
+		}
+		if (ret) {
+			other++;
+			continue;
+		}
+		exported++;
+		view = map_dmabuf(fd, len, PROT_READ);
+		if (view && differs(view, PAGE, 48) == -1)
+			pagecache++;
+		if (view)
+			munmap(view, len);
+		close(fd);
+	}
+	__atomic_store_n(&r.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	munmap(r.range, len);
+	close(r.ffd);
+	diag("%d rounds: %d exports of anonymous memory, %d of the file's page cache, %d refused, %d other errors",
+	     rounds, exported - pagecache, pagecache, refused, other);
+	if (pagecache)
+		FAIL("%d exports pinned page cache of a file on ext4", pagecache);
+	ASSERT(!other);
+	return 0;
+}
+
+static int t_hugetlb(void)
+{
+	size_t len = 2 << 20;
+	int sys = open("/proc/sys/vm/nr_hugepages", O_RDWR | O_CLOEXEC), fd;
+	char old[32] = "0";
+	uint8_t *user, *view;
+	ssize_t n;
+
+	ASSERT(sys >= 0);
+	n = read(sys, old, sizeof(old) - 1);
+	ASSERT(n > 0);
+	old[n] = 0;
+	ASSERT(pwrite(sys, "4", 1, 0) == 1);
+	user = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (user == MAP_FAILED) {
+		pwrite(sys, old, strlen(old), 0);
+		FAIL("no 2 MiB huge page: %s", strerror(errno));
+	}
+	fill(user, len, 49);
+	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
+	view = map_dmabuf(fd, len, PROT_READ);
+	ASSERT(view);
+	ASSERT(differs(view, len, 49) == -1);
+	munmap(view, len);
+	close(fd);
+	munmap(user, len);
+	ASSERT(pwrite(sys, old, strlen(old), 0) == (ssize_t)strlen(old));
+	close(sys);
+	return 0;
+}
+
 /* ---- real importers ---- */
 
 static int t_prime_vgem(void)
 {
 	size_t len = 16 * PAGE;
-	uint8_t *user = map_anon(len);
-	struct drm_prime_handle h = { .flags = 0 };
+	uint8_t *user = map_anon(len), *view;
+	struct drm_prime_handle h = { .flags = 0 }, back = { .flags = DRM_CLOEXEC };
 	struct drm_gem_close gc = { 0 };
 	int drm = open_drm("vgem", "renderD"), fd;
+	struct stat a, b;
 
 	ASSERT(user && drm >= 0);
 	fill(user, len, 21);
@@ -906,6 +1565,18 @@ static int t_prime_vgem(void)
 	if (ioctl(drm, DRM_IOCTL_PRIME_FD_TO_HANDLE, &h))
 		FAIL("vgem PRIME import: %s", strerror(errno));
 	ASSERT(h.handle);
+	/* What vgem holds is our dma-buf, with our bytes. */
+	back.handle = h.handle;
+	ASSERT(ioctl(drm, DRM_IOCTL_PRIME_HANDLE_TO_FD, &back) == 0);
+	ASSERT(fstat(fd, &a) == 0 && fstat(back.fd, &b) == 0);
+	ASSERT(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+	view = map_dmabuf(back.fd, len, PROT_READ);
+	ASSERT(view);
+	ASSERT(differs(view, len, 21) == -1);
+	fill(user, len, 22);
+	ASSERT(differs(view, len, 22) == -1);
+	munmap(view, len);
+	close(back.fd);
 	gc.handle = h.handle;
 	ASSERT(ioctl(drm, DRM_IOCTL_GEM_CLOSE, &gc) == 0);
 	close(fd);
@@ -1117,6 +1788,9 @@ static int t_module_held_by_export(void)
 	ASSERT(differs(view, PAGE, 23) == -1);
 	munmap(view, PAGE);
 	munmap(user, PAGE);
+	/* The cases after this one export again. */
+	dev = open(DEV_PATH, O_RDWR | O_CLOEXEC);
+	ASSERT(dev >= 0);
 	return 0;
 }
 
@@ -1150,6 +1824,18 @@ static const struct {
 	{ "prime_vgem", t_prime_vgem },
 	{ "prime_vkms_scanout", t_prime_vkms_scanout },
 	{ "module_held_by_export", t_module_held_by_export },
+	{ "memlock_survives_exit", t_memlock_survives_exit },
+	{ "global_cap", t_global_cap },
+	{ "named_after_exporter", t_named_after_exporter },
+	{ "device_fd_readonly", t_device_fd_readonly },
+	{ "importer_mmap_readonly", t_importer_mmap_readonly },
+	{ "importer_double_map", t_importer_double_map },
+	{ "fault_around", t_fault_around },
+	{ "mremap_and_past_end", t_mremap_and_past_end },
+	{ "ext4_shared_refused", t_ext4_shared_refused },
+	{ "ext4_private_cow", t_ext4_private_cow },
+	{ "race_file_pin", t_race_file_pin },
+	{ "hugetlb", t_hugetlb },
 };
 
 static int selected(const char *name, int argc, char **argv)
@@ -1174,10 +1860,10 @@ static int load_module(const char *path)
 	return 0;
 }
 
-static int unload_module(void)
+static int unload_module(const char *name)
 {
-	if (syscall(SYS_delete_module, "vmemexp", O_NONBLOCK)) {
-		fprintf(stderr, "unload vmemexp: %s\n", strerror(errno));
+	if (syscall(SYS_delete_module, name, O_NONBLOCK)) {
+		fprintf(stderr, "unload %s: %s\n", name, strerror(errno));
 		return 1;
 	}
 	return 0;
@@ -1189,9 +1875,18 @@ int main(int argc, char **argv)
 
 	if (argc == 3 && !strcmp(argv[1], "--load"))
 		return load_module(argv[2]);
-	if (argc == 2 && !strcmp(argv[1], "--unload"))
-		return unload_module();
+	if (argc == 3 && !strcmp(argv[1], "--unload"))
+		return unload_module(argv[2]);
 
+	page_size = sysconf(_SC_PAGESIZE);
+	if (getenv("VMEMEXP_EXT4_IMAGE")) {
+		snprintf(ext4_image, sizeof(ext4_image), "%s", getenv("VMEMEXP_EXT4_IMAGE"));
+	} else {
+		const char *slash = strrchr(argv[0], '/');
+
+		snprintf(ext4_image, sizeof(ext4_image), "%.*sext4.img",
+			 slash ? (int)(slash - argv[0] + 1) : 0, argv[0]);
+	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	signal(SIGPIPE, SIG_IGN);
 	for (int i = 0; i < n; i++)

@@ -2,10 +2,19 @@
 /*
  * vmemexp: export page-aligned memory of the calling process as a dma-buf.
  *
- * Open /dev/vmemexp, fill struct vmemexp_export and call VMEMEXP_IOC_EXPORT:
- * on success @fd is a new dma-buf file descriptor (always O_CLOEXEC) whose
- * pages are the caller's pages in [@addr, @addr + @len), pinned until the
- * last reference to the dma-buf is dropped.
+ * Open /dev/vmemexp for writing, fill struct vmemexp_export and call
+ * VMEMEXP_IOC_EXPORT: on success @fd is a new dma-buf file descriptor (always
+ * O_CLOEXEC) whose pages are the caller's pages in [@addr, @addr + @len),
+ * pinned until the last reference to the dma-buf is dropped.
+ *
+ * The range must be mapped readable and writable, by anonymous memory
+ * (private file mappings included: their private copy is exported), shmem
+ * (memfd, tmpfs, shared anonymous) or hugetlb memory, whatever the export's
+ * flags: every export is pinned for write. Errors: EBADF (device not open for
+ * writing), EINVAL, EOVERFLOW, E2BIG (max_size_mb), EFAULT (a hole),
+ * EACCES (not read-write), EOPNOTSUPP (device memory, or page cache of a
+ * file that is not shmem), ENOMEM (the user's RLIMIT_MEMLOCK, counting every
+ * live export of that user), ENOSPC (the module's max_total_mb).
  */
 #ifndef _UAPI_LINUX_VMEMEXP_H
 #define _UAPI_LINUX_VMEMEXP_H
@@ -14,8 +23,9 @@
 #include <linux/types.h>
 
 /*
- * Export writable: the dma-buf fd is O_RDWR and the pages are pinned for
- * write. Without it the fd is O_RDONLY and a read-only mapping is enough.
+ * Export writable: the dma-buf fd is O_RDWR. Without it the fd is O_RDONLY
+ * and no CPU mapping of the dma-buf, through the fd or an importer, can be
+ * writable. The pages are pinned for write either way.
  */
 #define VMEMEXP_EXPORT_WRITE	(1U << 0)
 #define VMEMEXP_EXPORT_FLAGS	(VMEMEXP_EXPORT_WRITE)
