@@ -6,7 +6,30 @@ VM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$VM_DIR/../.." && pwd)
 VENV="$VMEM_CACHE/venv"
 VIRTME_NG_VERSION=1.42
-KERNEL_SOURCE_PKG=linux-source-6.12
+# The kernel matrix: Debian 12's 6.1 LTS, Debian 13's 6.12 LTS (the default: every userland runs
+# its full suite there) and the newest 7.x that Debian testing packages. Each is built from
+# Debian's own linux-source package with the same config fragment.
+KERNELS="6.1 6.12 7"
+DEFAULT_KERNEL=6.12
+# The userland each kernel's core suite runs with (the default kernel runs them all).
+kernel_userland() {
+    case "$1" in
+        6.1) echo 1.22 ;;
+        6.12) echo 1.26 ;;
+        7) echo 1.28 ;;
+        *) die "unknown kernel '$1' (expected one of: $KERNELS)" ;;
+    esac
+}
+# Kernel K -> "SUITE PACKAGE": where its source comes from ("newest": the newest linux-source-7.*).
+# K-debug (make debug-kernel) is K's source with debugging options.
+kernel_package() {
+    case "${1%-debug}" in
+        6.1) echo bookworm linux-source-6.1 ;;
+        6.12) echo trixie linux-source-6.12 ;;
+        7) echo forky newest ;;
+        *) die "unknown kernel '$1' (expected one of: $KERNELS)" ;;
+    esac
+}
 # Two vivid instances: 0 with vmalloc buffers (takes any dma-buf), 1 with dma-contig buffers
 # (like a device without an IOMMU: it can only import physically contiguous memory).
 KERNEL_CMDLINE="vivid.n_devs=2 vivid.allocators=0,1"
