@@ -156,8 +156,9 @@ impl ObjectImpl for VmemExport {
                     .nick("Propose pool")
                     .blurb(
                         "Offer upstream a pool of exportable memory (false makes upstream use its \
-                         own memory: exported in place with pin-system-memory and /dev/vmemexp, \
-                         else copied)",
+                         own memory, asked to be page-aligned: exported in place with \
+                         pin-system-memory and /dev/vmemexp when its pages are its own, else \
+                         copied)",
                     )
                     .default_value(DEFAULT_PROPOSE_POOL)
                     .mutable_ready()
@@ -401,6 +402,23 @@ impl BaseTransformImpl for VmemExport {
             // pool, which BaseTransform's default would hand on: the output is not upstream's
             // buffer. Any layout is fine for the copy.
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
+            // Memory upstream allocates page-aligned, its last page padded, holds nothing but
+            // the frame's own bytes: vmemexp may export it in place (export.rs). Producers
+            // that allocate with downstream's parameters (GstBaseSrc's and GstVideoDecoder's
+            // default pools) then need no copy.
+            let can_pin = self
+                .state
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|s| s.exporter.can_pin());
+            if can_pin {
+                let page = crate::kernel::page_size() as usize;
+                query.add_allocation_param(
+                    None::<&gst::Allocator>,
+                    gst::AllocationParams::new(gst::MemoryFlags::empty(), page - 1, 0, page - 1),
+                );
+            }
             return Ok(());
         }
         // Downstream is linked by now: a consumer that needs the natural layout gets a pool
