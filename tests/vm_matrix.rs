@@ -375,9 +375,9 @@ rows! {
     /// vp9dec without the vmemexp module, into consumers that read VideoMeta: vpxdec makes its
     /// own frame pool at the first frame, before it negotiates, with the default allocator, and
     /// pushes those frames whenever downstream reads VideoMeta. vmemexport does not offer
-    /// VideoMeta to vpxdec when it cannot pin, so vpxdec copies each frame into the pool (the
-    /// copy it makes anyway towards V4L2). With the module its frames are pinned where they
-    /// are (vm_pinned).
+    /// VideoMeta to vpxdec, so vpxdec copies each frame into the pool (the copy it makes anyway
+    /// towards V4L2). Not even the module could export libvpx's frames in place: their
+    /// GstMemory header shares their first page (vm_pinned).
     vp9dec_into_waylandsink => { decoded_into_waylandsink("vp9dec", &VP9DEC) }
 }
 

@@ -95,8 +95,8 @@ fn vpxdec_writes_into_the_pool_without_copies() {
     // vpxdec allocates libvpx's frames from a pool of its own, made at the first frame before
     // it negotiates (so with the default allocator, not vmemexport's), and pushes them as they
     // are whenever downstream reads VideoMeta: each would be a counted `foreign-memory` copy.
-    // Without vmemexp, vmemexport offers vpxdec no VideoMeta, so it copies each frame into
-    // the proposed pool instead (the copy it makes anyway) and vmemexport copies nothing.
+    // vmemexport offers vpxdec no VideoMeta, so it copies each frame into the proposed pool
+    // instead (the copy it makes anyway) and vmemexport copies nothing.
     init();
     for (encoder, decoder) in [
         ("vp9enc deadline=1 ! matroskamux", "matroskademux ! vp9dec"),

@@ -2,11 +2,14 @@
 //! What vmemexport must know about the element that fills its proposed pool.
 //!
 //! A decoder that pushes frames of its own memory whenever downstream reads VideoMeta: vpxdec
-//! (vp8dec, vp9dec) makes its frame pool for libvpx at the first frame, before it negotiates,
-//! with the default allocator, and pushes those frames as they are while VideoMeta is allowed
-//! (up to GStreamer 1.28 that choice sticks after a renegotiation). Without vmemexp such frames
-//! are copied; told that VideoMeta is not read, it copies each frame into the proposed pool
-//! instead (the same one copy, into exportable memory, exports bounded by the pool).
+//! (vp8dec, vp9dec; gst-plugins-good's `gst_vpx_dec_get_buffer_cb`, 1.22 to 1.28) makes its
+//! frame pool for libvpx at the first frame, before it negotiates, with the default allocator
+//! and no alignment, and pushes those frames as they are while VideoMeta is allowed (up to
+//! 1.28 that choice sticks after a renegotiation). Such a frame is GstSystemMemory with the
+//! GstMemory header in its first page, so vmemexp may not export it (`export::owned_pages`)
+//! and vmemexport would copy it; told that VideoMeta is not read, vpxdec copies each frame
+//! into the proposed pool instead (the same one copy, into exportable memory, exports bounded
+//! by the pool).
 //!
 //! An element that imports dma-bufs into a device (a V4L2 capture device with
 //! `io-mode=dmabuf-import`: v4l2src, or the capture side of a V4L2 decoder or converter)

@@ -489,8 +489,8 @@ impl BaseTransformImpl for VmemExport {
         // A decoder told that downstream reads VideoMeta pushes its own padded frames when the
         // pool takes no alignment (avdec_* reuses its internal pool); without it, it copies
         // them into the pool in the natural layout. vpxdec pushes its own frames whatever the
-        // pool (upstream.rs): only vmemexp can export those in place.
-        let own_frames = own_frames.filter(|_| !state.exporter.can_pin());
+        // pool, and those share their pages with other memory (upstream.rs): told nothing of
+        // VideoMeta, it copies them into the pool instead.
         if natural_for.is_none() && own_frames.is_none() {
             query.add_allocation_meta::<gst_video::VideoMeta>(None);
         }
