@@ -72,8 +72,12 @@ static atomic_long_t vmemexp_total_pages = ATOMIC_LONG_INIT(0);
 struct vmemexp_buffer {
 	struct page **pages;
 	unsigned long npages;
-	/* The user charged for the pin (locked_vm), with a reference. */
-	struct user_struct *user;
+	/*
+	 * The exporter's credentials: their user is charged for the pin
+	 * (locked_vm), and the reference keeps that user_struct alive
+	 * (free_uid() is not exported to modules before 6.2).
+	 */
+	const struct cred *cred;
 	/* The mm whose pinned_vm shows the pin; mmgrab()ed. */
 	struct mm_struct *mm;
 	/* Protects attachments and vaddr. */
@@ -307,7 +311,7 @@ static void vmemexp_vunmap(struct dma_buf *dmabuf, struct iosys_map *map)
 static int vmemexp_charge(struct vmemexp_buffer *buf, struct mm_struct *mm)
 {
 	unsigned long npages = buf->npages, cur, new, limit;
-	struct user_struct *user;
+	const struct cred *cred;
 
 	if (max_total_mb) {
 		limit = (unsigned long)max_total_mb << (20 - PAGE_SHIFT);
@@ -326,21 +330,21 @@ static int vmemexp_charge(struct vmemexp_buffer *buf, struct mm_struct *mm)
 		atomic_long_add(npages, &vmemexp_total_pages);
 	}
 
-	user = get_current_user();
+	cred = get_current_cred();
 	limit = capable(CAP_IPC_LOCK) ? ULONG_MAX :
 		rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
-	cur = atomic_long_read(&user->locked_vm);
+	cur = atomic_long_read(&cred->user->locked_vm);
 	do {
 		new = cur + npages;
 		if (new > limit || new < cur) {
 			pr_debug("%s[%d]: %lu pages over the user's RLIMIT_MEMLOCK\n",
 				 current->comm, task_pid_nr(current), npages);
-			free_uid(user);
+			put_cred(cred);
 			atomic_long_sub(npages, &vmemexp_total_pages);
 			return -ENOMEM;
 		}
-	} while (!atomic_long_try_cmpxchg(&user->locked_vm, &cur, new));
-	buf->user = user;
+	} while (!atomic_long_try_cmpxchg(&cred->user->locked_vm, &cur, new));
+	buf->cred = cred;
 
 	atomic64_add(npages, &mm->pinned_vm);
 	mmgrab(mm);
@@ -352,8 +356,8 @@ static void vmemexp_uncharge(struct vmemexp_buffer *buf)
 {
 	atomic64_sub(buf->npages, &buf->mm->pinned_vm);
 	mmdrop(buf->mm);
-	atomic_long_sub(buf->npages, &buf->user->locked_vm);
-	free_uid(buf->user);
+	atomic_long_sub(buf->npages, &buf->cred->user->locked_vm);
+	put_cred(buf->cred);
 	atomic_long_sub(buf->npages, &vmemexp_total_pages);
 }
 

@@ -8,7 +8,8 @@
  *
  *   vmemexp_test [NAME-SUBSTRING...]
  *   VMEMEXP_CYCLES=N   export/release cycles of the "cycles" case (100000)
- *   VMEMEXP_RACE_ROUNDS=N  rounds of the "race_file_pin" case (3000)
+ *   VMEMEXP_RACE_ROUNDS=N  rounds of the "race_file_pin" case (1000 before
+ *                      Linux 6.5, 200 after)
  *   VMEMEXP_EXT4_IMAGE=PATH  the ext4 image (ext4.img beside this program)
  *   vmemexp_test --load PATH.ko | --unload NAME
  *                      insmod/rmmod by the same syscalls, for userlands
@@ -35,6 +36,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1443,49 +1445,78 @@ static int t_ext4_private_cow(void)
 }
 
 struct race {
-	uint8_t *range;
-	size_t len;
+	uint8_t *tail;
 	int ffd;
-	int stop;	/* __atomic */
+	/* __atomic: 1 while an export runs, 0 once the swap is done; 2 stops. */
+	int go;
+	long delay_us;
 };
 
-/* Swaps the range between anonymous memory and a shared mapping of the file. */
+/*
+ * On each round, once the export has started, waits a while and maps the
+ * file over the range's last page: after the module's VMA check, while it
+ * pins the 64 MiB before that page.
+ */
 static void *race_swapper(void *arg)
 {
 	struct race *r = arg;
+	int go;
 
-	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED)) {
-		mmap(r->range, r->len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->ffd, 0);
-		mmap(r->range, r->len, PROT_READ | PROT_WRITE,
-		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	while ((go = __atomic_load_n(&r->go, __ATOMIC_ACQUIRE)) != 2) {
+		struct timespec ts = { 0, 0 };
+
+		if (go != 1)
+			continue;
+		ts.tv_nsec = __atomic_load_n(&r->delay_us, __ATOMIC_RELAXED) * 1000;
+		nanosleep(&ts, NULL);
+		mmap(r->tail, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->ffd, 0);
+		__atomic_store_n(&r->go, 0, __ATOMIC_RELEASE);
 	}
 	return NULL;
 }
 
 /*
  * The attack on the VMA check: a second thread maps a file of a disk
- * filesystem over the range between vmemexp's check and its pin. No export
+ * filesystem over the range after vmemexp checked it. The range is 64 MiB
+ * of anonymous memory and one more page, which the module pins in 64 MiB
+ * chunks; while it pins the head, the other thread maps a file on ext4 over
+ * the last page, after a delay that varies from round to round. No export
  * may ever hold the file's page cache: an export that succeeds shows
- * anonymous memory (zeros), never the file's pattern. Before Linux 6.5 GUP
- * does not refuse such long-term pins itself.
+ * anonymous memory (zeros) in its last page, never the file's pattern.
+ * Before Linux 6.5 GUP does not refuse such long-term pins itself.
  */
 static int t_race_file_pin(void)
 {
-	size_t len = 4 * PAGE;
+	size_t head = 64 << 20, len = head + PAGE;
 	const char *env = getenv("VMEMEXP_RACE_ROUNDS");
-	int rounds = env ? atoi(env) : 3000, exported = 0, pagecache = 0, refused = 0, other = 0;
-	struct race r = { .len = len };
+	int rounds, exported = 0, pagecache = 0, refused = 0, other = 0, major, minor;
+	struct race r = { 0 };
+	struct utsname u;
+	uint8_t *range;
 	pthread_t t;
 
-	r.ffd = ext4_file("race", len, 48);
+	/* Where GUP would pin the file itself (before 6.5), a thousand rounds. */
+	ASSERT(uname(&u) == 0 && sscanf(u.release, "%d.%d", &major, &minor) == 2);
+	rounds = env ? atoi(env) : major * 100 + minor < 605 ? 1000 : 200;
+
+	r.ffd = ext4_file("race", PAGE, 48);
 	ASSERT(r.ffd >= 0);
-	r.range = map_anon(len);
-	ASSERT(r.range);
+	range = map_anon(len);
+	ASSERT(range);
+	memset(range, 0, head);
+	r.tail = range + head;
 	ASSERT(pthread_create(&t, NULL, race_swapper, &r) == 0);
 	for (int i = 0; i < rounds; i++) {
-		int fd, ret = vexport(dev, r.range, len, 0, &fd);
-		uint8_t *view;
+		int fd, ret;
+		uint8_t *last;
 
+		ASSERT(mmap(r.tail, PAGE, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == r.tail);
+		__atomic_store_n(&r.delay_us, 100 + (i * 397) % 8000, __ATOMIC_RELAXED);
+		__atomic_store_n(&r.go, 1, __ATOMIC_RELEASE);
+		ret = vexport(dev, range, len, 0, &fd);
+		while (__atomic_load_n(&r.go, __ATOMIC_ACQUIRE))
+			;
 		if (ret == -EOPNOTSUPP || ret == -EFAULT || ret == -EACCES) {
 			refused++;
 			continue;
@@ -1495,16 +1526,16 @@ static int t_race_file_pin(void)
 			continue;
 		}
 		exported++;
-		view = map_dmabuf(fd, len, PROT_READ);
-		if (view && differs(view, PAGE, 48) == -1)
+		last = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, head);
+		if (last != MAP_FAILED && differs(last, PAGE, 48) == -1)
 			pagecache++;
-		if (view)
-			munmap(view, len);
+		if (last != MAP_FAILED)
+			munmap(last, PAGE);
 		close(fd);
 	}
-	__atomic_store_n(&r.stop, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&r.go, 2, __ATOMIC_RELEASE);
 	pthread_join(t, NULL);
-	munmap(r.range, len);
+	munmap(range, len);
 	close(r.ffd);
 	diag("%d rounds: %d exports of anonymous memory, %d of the file's page cache, %d refused, %d other errors",
 	     rounds, exported - pagecache, pagecache, refused, other);
