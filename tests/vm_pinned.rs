@@ -147,6 +147,15 @@ fn pinned_same_pages(buffer: &gst::BufferRef, app: &gst::Buffer) -> Result<(), S
         kernel::is_vmemexp_dmabuf(fd),
         "not exported by the vmemexp module",
     )?;
+    // The module names each export after its exporter, and vmemexport keeps that name.
+    let exporter = format!("vmemexp:{}:", std::process::id());
+    check(
+        kernel::dmabuf_name(fd).is_some_and(|n| n.starts_with(&exporter)),
+        &format!(
+            "dma-buf named {:?}, not after this process ({exporter}...)",
+            kernel::dmabuf_name(fd)
+        ),
+    )?;
     let skew = skew_of(app);
     check(
         mem.offset() == skew,

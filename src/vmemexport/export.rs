@@ -301,6 +301,8 @@ impl Exporter {
         let export_size = kernel::page_align(mem.maxsize() as u64)
             .ok_or_else(|| Refusal::Udmabuf(format!("{} bytes overflow", mem.maxsize())))?;
         let dmabuf = self.backend.export(fd, export_size)?;
+        // vmemexp names its exports after the exporting process itself; udmabuf's get ours.
+        crate::memory::name_dmabuf(&dmabuf, &self.name);
         let export = self
             .wrap(dmabuf, export_size as usize, mem.offset(), mem.size())
             .map_err(Refusal::Udmabuf)?;
@@ -362,7 +364,6 @@ impl Exporter {
         offset: usize,
         size: usize,
     ) -> Result<gst::Memory, String> {
-        crate::memory::name_dmabuf(&dmabuf, &self.name);
         // SAFETY: the fd is a fresh dma-buf that the memory takes over.
         let mut export = unsafe { self.dmabuf_allocator.alloc_dmabuf(dmabuf, len) }
             .map_err(|e| e.to_string())?;
