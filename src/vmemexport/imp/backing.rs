@@ -146,15 +146,18 @@ impl VmemExport {
         )
     }
 
-    /// The allocator whose memory leaves without a copy for this backing; dma-bufs already
-    /// when upstream `importer` hands the buffers' fds to a device.
+    /// The allocator whose memory leaves without a copy for `backing`; dma-bufs already when
+    /// upstream `importer` hands the buffers' fds to a device (this opens udmabuf: call it
+    /// without the state lock). A new [`MemfdAllocator`] is for the caller to keep in
+    /// [`State::allocators`].
     pub(super) fn zero_copy_allocator(
         &self,
-        state: &mut State,
+        backing: Backing,
+        heap_allocator: Option<&DmaHeapAllocator>,
         importer: Option<&str>,
     ) -> Option<gst::Allocator> {
-        match (state.backing, importer) {
-            (Backing::Heap, _) => state.heap_allocator.clone().map(|a| a.upcast()),
+        match (backing, importer) {
+            (Backing::Heap, _) => heap_allocator.map(|a| a.clone().upcast()),
             (_, Some(importer)) => match UdmabufAllocator::for_element(self.obj().upcast_ref()) {
                 Ok(a) => {
                     gst::info!(
@@ -166,25 +169,22 @@ impl VmemExport {
                 }
                 Err(e) => {
                     gst::warning!(CAT, imp = self, "no udmabuf for {importer}: {e}");
-                    Some(self.memfd_allocator(state).upcast())
+                    Some(MemfdAllocator::new(self.obj().upcast_ref()).upcast())
                 }
             },
-            (_, None) => Some(self.memfd_allocator(state).upcast()),
+            (_, None) => Some(MemfdAllocator::new(self.obj().upcast_ref()).upcast()),
         }
-    }
-
-    /// A new memfd allocator, flushed at stop.
-    pub(super) fn memfd_allocator(&self, state: &mut State) -> MemfdAllocator {
-        let allocator = MemfdAllocator::new(self.obj().upcast_ref());
-        state.allocators.push(allocator.clone());
-        allocator
     }
 
     /// The heap that copies of frames over udmabuf's size limit go to: the configured one, or
     /// with `heap=auto` the system heap when the CMA area cannot hold two such frames (one
-    /// downstream while the next is copied).
-    pub(super) fn oversize_heap(&self, state: &State, size: usize) -> Option<gst::Allocator> {
-        let heap = state.heap_allocator.as_ref()?;
+    /// downstream while the next is copied). It allocates to find out, and may open the system
+    /// heap: call it without the state lock.
+    pub(super) fn oversize_heap(
+        &self,
+        heap: &DmaHeapAllocator,
+        size: usize,
+    ) -> Option<gst::Allocator> {
         if heap.check_capacity_for(size, 2).is_err()
             && HeapSelection::parse(&self.settings().heap) == HeapSelection::Auto
             && let Ok(system) = DmaHeapAllocator::new("system")

@@ -7,28 +7,34 @@ use gst::subclass::prelude::*;
 
 use super::{CAT, Notices, Settings, VmemExport};
 use crate::kernel;
+use crate::vmemexport::MemfdAllocator;
 use crate::vmemexport::export::Refusal;
 
 impl VmemExport {
-    /// The pool frames are copied into, made on first use, and the input's video info.
+    /// The pool frames are copied into, made on first use, and the input's video info. The
+    /// pool is made and started without the state lock: choosing its heap allocates from it.
     pub(super) fn copy_pool(
         &self,
         notices: &mut Notices,
     ) -> Result<(gst::BufferPool, gst_video::VideoInfo), gst::FlowError> {
-        let mut guard = self.state.lock().unwrap();
-        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-        let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
-        if let Some(pool) = &state.copy_pool {
-            return Ok((pool.clone(), info));
-        }
-        // Frames over udmabuf's limit can only be copied into heap memory.
-        let fits = state
-            .exporter
-            .size_limit()
-            .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
-        let allocator: gst::Allocator = if fits {
-            self.memfd_allocator(state).upcast()
-        } else if let Some(heap) = self.oversize_heap(state, info.size()) {
+        let (info, fits, heap) = {
+            let guard = self.state.lock().unwrap();
+            let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
+            let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
+            if let Some(pool) = &state.copy_pool {
+                return Ok((pool.clone(), info));
+            }
+            // Frames over udmabuf's limit can only be copied into heap memory.
+            let fits = state
+                .exporter
+                .size_limit()
+                .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
+            (info, fits, state.heap_allocator.clone())
+        };
+        let memfd = fits.then(|| MemfdAllocator::new(self.obj().upcast_ref()));
+        let allocator: gst::Allocator = if let Some(memfd) = &memfd {
+            memfd.clone().upcast()
+        } else if let Some(heap) = heap.and_then(|h| self.oversize_heap(&h, info.size())) {
             heap
         } else {
             let size = info.size();
@@ -50,8 +56,26 @@ impl VmemExport {
                 ("Cannot start the pool of dma-buf copies: {e}")
             ))
         })?;
-        state.copy_pool = Some(pool.clone());
-        Ok((pool, info))
+        let (kept, ours) = {
+            let mut guard = self.state.lock().unwrap();
+            match guard.as_mut() {
+                None => (None, false),
+                Some(state) => match &state.copy_pool {
+                    Some(other) => (Some(other.clone()), false),
+                    None => {
+                        state.copy_pool = Some(pool.clone());
+                        state.allocators.extend(memfd);
+                        (Some(pool.clone()), true)
+                    }
+                },
+            }
+        };
+        if !ours {
+            // Stopped meanwhile, or another pool was kept: nothing would ever stop this one.
+            let _ = pool.set_active(false);
+        }
+        kept.map(|pool| (pool, info))
+            .ok_or(gst::FlowError::Flushing)
     }
 
     /// Copies `inbuf` into a pooled buffer that can leave as a dma-buf. No lock is held while

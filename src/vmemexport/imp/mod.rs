@@ -20,6 +20,7 @@ mod output;
 
 use self::backing::State;
 use super::Backing;
+use super::MemfdAllocator;
 use super::backend::Devices;
 use super::caps;
 use super::downstream;
@@ -367,14 +368,19 @@ impl BaseTransformImpl for VmemExport {
             imp = self,
             "{in_kind:?} {incaps} -> {out_kind:?} {outcaps}"
         );
-        let mut state = self.state.lock().unwrap();
-        let state = state
-            .as_mut()
-            .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
-        if let Some(pool) = state.copy_pool.take() {
+        let old_copy_pool = {
+            let mut state = self.state.lock().unwrap();
+            let state = state
+                .as_mut()
+                .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+            state.in_info = Some(in_info);
+            state.copy_pool.take()
+        };
+        // Stopping a pool frees its buffers, which runs their allocator's code: not under the
+        // lock.
+        if let Some(pool) = old_copy_pool {
             let _ = pool.set_active(false);
         }
-        state.in_info = Some(in_info);
         Ok(())
     }
 
@@ -427,33 +433,34 @@ impl BaseTransformImpl for VmemExport {
         // An upstream that imports dma-bufs into a device gets a pool of dma-bufs (upstream.rs).
         let importer = upstream::dmabuf_importer(self.obj().sink_pad());
         let own_frames = upstream::own_frame_decoder(self.obj().sink_pad());
-        let mut state = self.state.lock().unwrap();
-        let state = state
-            .as_mut()
-            .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
-        let dmabufs = importer.is_some() && state.backing != Backing::Heap;
-        // The allocator of the pool proposed for these caps, so that the configuration a
-        // decoder sets again on that pool is the one it set before.
-        let reused = state
-            .proposed
-            .as_ref()
-            .filter(|(proposed, _, a)| {
-                *proposed == caps
-                    && state.natural_for == natural_for
-                    && a.is::<UdmabufAllocator>() == dmabufs
-            })
-            .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
-        let Some(allocator) = reused
-            .as_ref()
-            .map(|(_, a)| a.clone())
-            .or_else(|| self.zero_copy_allocator(state, importer.as_deref()))
-        else {
+        // What the proposal needs from the state, taken out: opening udmabuf for an importer,
+        // the heap's trial allocation and the error message all happen without the lock (an
+        // application's sync bus handler runs in this thread and may stop the element).
+        let (backing, heap_allocator, reused) = {
+            let state = self.state.lock().unwrap();
+            let state = state
+                .as_ref()
+                .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
+            let dmabufs = importer.is_some() && state.backing != Backing::Heap;
+            // The allocator of the pool proposed for these caps, so that the configuration a
+            // decoder sets again on that pool is the one it set before.
+            let reused = state
+                .proposed
+                .as_ref()
+                .filter(|(proposed, _, a)| {
+                    *proposed == caps
+                        && state.natural_for == natural_for
+                        && a.is::<UdmabufAllocator>() == dmabufs
+                })
+                .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
+            (state.backing, state.heap_allocator.clone(), reused)
+        };
+        let Some(allocator) = reused.as_ref().map(|(_, a)| a.clone()).or_else(|| {
+            self.zero_copy_allocator(backing, heap_allocator.as_ref(), importer.as_deref())
+        }) else {
             return Ok(());
         };
-        if let Some(heap) = state
-            .heap_allocator
-            .as_ref()
-            .filter(|_| state.backing == Backing::Heap)
+        if let Some(heap) = heap_allocator.as_ref().filter(|_| backing == Backing::Heap)
             && let Err(e) = heap.check_capacity(info.size())
         {
             gst::element_imp_error!(
@@ -466,24 +473,35 @@ impl BaseTransformImpl for VmemExport {
             );
             return Err(gst::loggable_error!(CAT, "heap cannot supply frames: {e}"));
         }
-        if need_pool {
-            let pool = match reused {
-                // The same pool for the same caps: its buffers, and their cached exports, are
-                // recycled. A decoder that configured it (alignment, buffer counts) finds its
-                // own configuration again, which GstBufferPool accepts even while active.
-                Some((pool, _)) => pool,
-                None => {
-                    let pool = match &natural_for {
-                        Some(_) => layout::natural_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
-                        None => self.make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
-                    }
-                    .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?;
-                    state.proposed = Some((caps.clone(), pool.clone(), allocator.clone()));
-                    state.natural_for = natural_for.clone();
-                    pool
+        let pool = match (&reused, need_pool) {
+            (_, false) => None,
+            // The same pool for the same caps: its buffers, and their cached exports, are
+            // recycled. A decoder that configured it (alignment, buffer counts) finds its
+            // own configuration again, which GstBufferPool accepts even while active.
+            (Some((pool, _)), true) => Some(pool.clone()),
+            (None, true) => Some(
+                match &natural_for {
+                    Some(_) => layout::natural_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
+                    None => self.make_pool(&allocator, &caps, &info, MIN_POOL_BUFFERS),
                 }
-            };
-            query.add_allocation_pool(Some(&pool), info.size() as u32, MIN_POOL_BUFFERS, 0);
+                .map_err(|e| gst::loggable_error!(CAT, "cannot configure the pool: {e}"))?,
+            ),
+        };
+        if reused.is_none() {
+            let mut state = self.state.lock().unwrap();
+            let state = state
+                .as_mut()
+                .ok_or_else(|| gst::loggable_error!(CAT, "stopped while proposing"))?;
+            if let Some(memfd) = allocator.downcast_ref::<MemfdAllocator>() {
+                state.allocators.push(memfd.clone());
+            }
+            if let Some(pool) = &pool {
+                state.proposed = Some((caps.clone(), pool.clone(), allocator.clone()));
+                state.natural_for = natural_for.clone();
+            }
+        }
+        if let Some(pool) = &pool {
+            query.add_allocation_pool(Some(pool), info.size() as u32, MIN_POOL_BUFFERS, 0);
         }
         query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
         // A decoder told that downstream reads VideoMeta pushes its own padded frames when the
@@ -498,7 +516,7 @@ impl BaseTransformImpl for VmemExport {
             CAT,
             imp = self,
             "proposed {:?} pool for {caps}, natural layout for {}, no VideoMeta for {}",
-            state.backing,
+            backing,
             natural_for.as_deref().unwrap_or("nobody"),
             own_frames.as_deref().unwrap_or("nobody")
         );
