@@ -33,26 +33,42 @@ pub struct DmaHeapAllocator {
 }
 
 impl DmaHeapAllocator {
-    /// The selected heap, opened on first use and kept until the `heap` property changes.
+    /// The selected heap, opened on first use and kept until the `heap` property changes. It
+    /// is opened without the lock: allocations and property reads from other threads do not
+    /// wait for the device.
     pub(super) fn heap(&self) -> Result<Arc<Heap>, kernel::Error> {
-        let mut state = self.state.lock().unwrap();
-        if let Some(heap) = &state.heap {
-            return Ok(heap.clone());
-        }
-        let spec = state.spec.clone().unwrap_or_else(|| DEFAULT_HEAP.into());
-        let heap = Arc::new(super::open_heap(&spec)?);
-        gst::info!(
-            CAT,
-            imp = self,
-            "heap '{spec}' -> {} ({})",
-            heap.path().display(),
-            if heap.is_contiguous() {
-                "contiguous"
-            } else {
-                "scattered pages"
+        let spec = {
+            let state = self.state.lock().unwrap();
+            if let Some(heap) = &state.heap {
+                return Ok(heap.clone());
             }
-        );
-        state.heap = Some(heap.clone());
+            state.spec.clone().unwrap_or_else(|| DEFAULT_HEAP.into())
+        };
+        let opened = Arc::new(super::open_heap(&spec)?);
+        let heap = {
+            let mut state = self.state.lock().unwrap();
+            let current = state.spec.as_deref().unwrap_or(DEFAULT_HEAP) == spec;
+            match &state.heap {
+                // Another thread opened it meanwhile.
+                Some(heap) => heap.clone(),
+                None if current => state.heap.insert(opened.clone()).clone(),
+                // The property changed meanwhile: this heap serves this call only.
+                None => opened.clone(),
+            }
+        };
+        if Arc::ptr_eq(&heap, &opened) {
+            gst::info!(
+                CAT,
+                imp = self,
+                "heap '{spec}' -> {} ({})",
+                heap.path().display(),
+                if heap.is_contiguous() {
+                    "contiguous"
+                } else {
+                    "scattered pages"
+                }
+            );
+        }
         Ok(heap)
     }
 }
