@@ -89,13 +89,19 @@ struct Import {
     handle: GemHandle,
 }
 
-struct State {
-    info: Option<gst_video::VideoInfo>,
-    fourcc: u32,
-    drm: Option<Arc<DrmNode>>,
+/// The DRM node (`drm-device`) and what was imported into it.
+struct Drm {
+    node: Arc<DrmNode>,
     imports: HashMap<u64, Import>,
     /// Frame layouts (per plane: inode, offset, pitch) AddFB2 was tried with.
     checked_layouts: HashSet<Vec<(u64, u32, u32)>>,
+}
+
+struct State {
+    info: Option<gst_video::VideoInfo>,
+    fourcc: u32,
+    /// Taken out of the state while a frame is imported, which is done without the lock.
+    drm: Option<Drm>,
     server: Option<Arc<Server>>,
 }
 
@@ -138,27 +144,26 @@ impl DmabufSink {
     }
 
     /// Imports each dma-buf of `buffer` not seen before into the DRM node, and with drm-addfb
-    /// checks once per frame layout that the frame can be scanned out. Returns what to warn
-    /// about: the caller posts it once the state lock is released.
+    /// checks once per frame layout that the frame can be scanned out (a trial framebuffer).
+    /// `format` is the negotiated one and its DRM fourcc. Returns what to warn about.
     fn import(
         &self,
-        state: &mut State,
+        drm: &mut Drm,
+        format: Option<(&gst_video::VideoInfo, u32)>,
         settings: &Settings,
         buffer: &gst::BufferRef,
         planes: Option<&[Plane]>,
         stats: &mut Stats,
     ) -> Vec<String> {
         let mut warnings = Vec::new();
-        let Some(node) = state.drm.clone() else {
-            return warnings;
-        };
+        let node = drm.node.clone();
         // Each memory's inode, the key of its import (None: not importable).
         let mut inodes: Vec<Option<u64>> = Vec::with_capacity(buffer.n_memory());
         for mem in buffer.iter_memories() {
             let ino = dmabuf_fd(mem).and_then(|fd| Some((fd, rustix::fs::fstat(fd).ok()?.st_ino)));
             inodes.push(ino.map(|(_, ino)| ino));
             let Some((fd, ino)) = ino else { continue };
-            if state.imports.contains_key(&ino) {
+            if drm.imports.contains_key(&ino) {
                 continue;
             }
             let handle = match node.prime_import(fd.fd()) {
@@ -175,15 +180,15 @@ impl DmabufSink {
                 }
             };
             stats.imported += 1;
-            if state.imports.len() >= MAX_IMPORTS {
+            if drm.imports.len() >= MAX_IMPORTS {
                 // Checked layouts name imports by inode: they go with them.
-                state.imports.clear();
-                state.checked_layouts.clear();
+                drm.imports.clear();
+                drm.checked_layouts.clear();
             }
             let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
                 continue;
             };
-            state.imports.insert(
+            drm.imports.insert(
                 ino,
                 Import {
                     _dmabuf: dup,
@@ -192,7 +197,7 @@ impl DmabufSink {
             );
         }
         if settings.drm_addfb
-            && let (Some(info), Some(planes)) = (&state.info, planes)
+            && let (Some((info, fourcc)), Some(planes)) = (format, planes)
         {
             // Plane i lies in memory planes[i].memory: its own buffer object, at its offset in
             // that memory's dma-buf.
@@ -205,13 +210,13 @@ impl DmabufSink {
                 })
                 .collect();
             if let Some(layout) = layout
-                && !state.checked_layouts.contains(&layout)
+                && !drm.checked_layouts.contains(&layout)
             {
                 let fb_planes: Option<Vec<kernel::FbPlane<'_>>> = layout
                     .iter()
                     .map(|&(ino, offset, pitch)| {
                         Some(kernel::FbPlane {
-                            handle: &state.imports.get(&ino)?.handle,
+                            handle: &drm.imports.get(&ino)?.handle,
                             offset,
                             pitch,
                         })
@@ -224,27 +229,36 @@ impl DmabufSink {
                         "AddFB2 check with handles {:?}",
                         fb_planes.iter().map(|p| p.handle.raw()).collect::<Vec<_>>()
                     );
-                    if let Err(e) = node.check_addfb2(
-                        info.width(),
-                        info.height(),
-                        state.fourcc,
-                        None,
-                        &fb_planes,
-                    ) {
+                    if let Err(e) =
+                        node.check_addfb2(info.width(), info.height(), fourcc, None, &fb_planes)
+                    {
                         stats.addfb_failures += 1;
                         warnings.push(format!(
                             "{} cannot scan this buffer out: {e}",
                             node.path().display()
                         ));
                     }
-                    if state.checked_layouts.len() >= MAX_IMPORTS {
-                        state.checked_layouts.clear();
+                    if drm.checked_layouts.len() >= MAX_IMPORTS {
+                        drm.checked_layouts.clear();
                     }
-                    state.checked_layouts.insert(layout);
+                    drm.checked_layouts.insert(layout);
                 }
             }
         }
         warnings
+    }
+
+    /// Returns the DRM imports `render` took out of the state; dropped (with their handles)
+    /// outside the lock if the sink stopped meanwhile.
+    fn put_back(&self, drm: Option<Drm>) {
+        let stale = match self.state.lock().unwrap().as_mut() {
+            Some(state) => {
+                state.drm = drm;
+                None
+            }
+            None => drm,
+        };
+        drop(stale);
     }
 
     /// Logs `warnings` and posts the first of the run as a warning message. Must be called
@@ -573,9 +587,11 @@ impl BaseSinkImpl for DmabufSink {
         *self.state.lock().unwrap() = Some(State {
             info: None,
             fourcc: 0,
-            drm,
-            imports: HashMap::new(),
-            checked_layouts: HashSet::new(),
+            drm: drm.map(|node| Drm {
+                node,
+                imports: HashMap::new(),
+                checked_layouts: HashSet::new(),
+            }),
             server,
         });
         self.warned.store(false, Ordering::SeqCst);
@@ -604,14 +620,16 @@ impl BaseSinkImpl for DmabufSink {
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(server) = self.server.lock().unwrap().as_ref() {
+        let server = self.server.lock().unwrap().clone();
+        if let Some(server) = server {
             server.interrupt();
         }
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(server) = self.server.lock().unwrap().as_ref() {
+        let server = self.server.lock().unwrap().clone();
+        if let Some(server) = server {
             server.resume();
         }
         Ok(())
@@ -685,34 +703,53 @@ impl BaseSinkImpl for DmabufSink {
                 }
             }
         }
-        let (warnings, share) = {
+        // The frame's facts and the DRM imports are taken out of the state: importing and
+        // the AddFB2 trial run without the lock, and the imports are put back after.
+        let (format, drm, server) = {
             let mut guard = self.state.lock().unwrap();
             let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-            let planes = match state.info.as_ref().map(|info| frame_layout(buffer, info)) {
-                Some(Ok(planes)) => Some(planes),
-                Some(Err(e)) => {
-                    drop(guard);
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Format,
-                        ("A frame's planes do not fit in its memory: {e}"),
-                        [
-                            "the VideoMeta's offsets and strides describe bytes the buffer does not have"
-                        ]
-                    );
-                    return Err(gst::FlowError::Error);
-                }
-                None => None,
-            };
-            let warnings = self.import(state, &settings, buffer, planes.as_deref(), &mut stats);
-            // Shared after the state lock is released: with drop-policy=wait, sending may wait.
-            let share = match (state.info.clone(), planes, state.server.clone()) {
-                (Some(info), Some(planes), Some(server)) => {
-                    Some((info, state.fourcc, planes, server))
-                }
-                _ => None,
-            };
-            (warnings, share)
+            (
+                state.info.clone().map(|info| (info, state.fourcc)),
+                state.drm.take(),
+                state.server.clone(),
+            )
+        };
+        let planes = match format.as_ref().map(|(info, _)| frame_layout(buffer, info)) {
+            Some(Ok(planes)) => Some(planes),
+            Some(Err(e)) => {
+                self.put_back(drm);
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("A frame's planes do not fit in its memory: {e}"),
+                    ["the VideoMeta's offsets and strides describe bytes the buffer does not have"]
+                );
+                return Err(gst::FlowError::Error);
+            }
+            None => None,
+        };
+        let warnings = match drm {
+            Some(mut drm) => {
+                let format = format.as_ref().map(|(info, fourcc)| (info, *fourcc));
+                let warnings = self.import(
+                    &mut drm,
+                    format,
+                    &settings,
+                    buffer,
+                    planes.as_deref(),
+                    &mut stats,
+                );
+                self.put_back(Some(drm));
+                warnings
+            }
+            None => Vec::new(),
+        };
+        // With drop-policy=wait, sending may wait: no lock is held.
+        let share = match (format, planes, server) {
+            (Some((info, fourcc)), Some(planes), Some(server)) => {
+                Some((info, fourcc, planes, server))
+            }
+            _ => None,
         };
         *self.stats.lock().unwrap() = stats;
         self.warn(&warnings);
