@@ -8,10 +8,33 @@ use gst::prelude::*;
 
 /// The pipeline `desc` describes; panics with the description if it cannot be built.
 pub fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
+    let pipeline: gst::Pipeline = gst::parse::launch(desc)
         .unwrap_or_else(|e| panic!("cannot build '{desc}': {e}"))
         .downcast()
-        .unwrap()
+        .unwrap();
+    if !vkms_positions_primary_plane() {
+        // kmssink centres a frame smaller than the mode on the primary plane; vkms before 6.12
+        // refuses a primary plane that does not cover the CRTC (vkms_plane_atomic_check:
+        // can_position only for the cursor), so kmssink must set the frame's own mode there.
+        for sink in pipeline
+            .iterate_all_by_element_factory_name("kmssink")
+            .into_iter()
+        {
+            sink.unwrap().set_property("force-modesetting", true);
+        }
+    }
+    pipeline
+}
+
+/// Whether the running kernel's vkms lets the primary plane sit anywhere on the CRTC
+/// (measured: 6.1's does not, 6.12's does).
+fn vkms_positions_primary_plane() -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 12)
 }
 
 /// What a pipeline run posted besides EOS.

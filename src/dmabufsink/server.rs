@@ -9,13 +9,14 @@
 //! messages per wake-up, and a client can only send as many valid messages as it holds frames),
 //! the number of clients is bounded (`max-clients`), and so is the time a client may hold a
 //! frame (`hold-timeout`). The only wait is `drop-policy=wait`'s, which the lock is not held
-//! across, which `hold-timeout` bounds and which `unlock` interrupts.
+//! across, which `hold-timeout` bounds and which `unlock` interrupts. Frames clients give back
+//! are let go only once the lock is released ([`Locked`]).
 
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -147,6 +148,7 @@ impl Server {
             events_lost: 0,
             accept_paused_until: None,
             accept_backoff: ACCEPT_BACKOFF_MIN,
+            to_drop: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -172,7 +174,7 @@ impl Server {
     /// until [`Server::interrupt`].
     pub fn send(&self, frame: &Frame, fds: &[BorrowedFd<'_>], buffer: &gst::Buffer) {
         let bytes = Message::Frame(*frame).encode();
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = lock(&self.inner);
         inner.service_clients(Instant::now());
         while inner.settings.drop_policy == DropPolicy::Wait && !self.flushing() {
             let hold = inner.settings.hold_timeout;
@@ -204,7 +206,7 @@ impl Server {
                 Some(&timespec(left.max(Duration::from_millis(1)))),
             );
             drop(polled);
-            inner = self.inner.lock().unwrap();
+            inner = lock(&self.inner);
             inner.waiting = false;
             let mut count = [0u8; 8];
             let _ = rustix::io::read(released.as_ref(), &mut count);
@@ -232,7 +234,7 @@ impl Server {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let inner = self.inner.lock().unwrap();
+        let inner = lock(&self.inner);
         ServerStats {
             clients: inner.clients.len() as u64,
             ..inner.stats
@@ -241,7 +243,7 @@ impl Server {
 
     /// What happened since the last call, for the element's log.
     pub fn take_events(&self) -> Vec<String> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = lock(&self.inner);
         let mut events = std::mem::take(&mut inner.events);
         let lost = std::mem::take(&mut inner.events_lost);
         if lost > 0 {
@@ -252,7 +254,7 @@ impl Server {
 
     /// Says goodbye to every client and lets them go with their unreleased frames.
     pub fn finish(&self) {
-        self.inner.lock().unwrap().finish();
+        lock(&self.inner).finish();
     }
 }
 
@@ -278,7 +280,7 @@ fn timespec(d: Duration) -> Timespec {
 fn service(inner: &Mutex<Inner>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let (listener, clients, timeout) = {
-            let inner = inner.lock().unwrap();
+            let inner = lock(inner);
             let now = Instant::now();
             let (listener, timeout) = match inner.accept_paused_until {
                 Some(until) if until > now => (None, (until - now).min(TICK)),
@@ -297,7 +299,7 @@ fn service(inner: &Mutex<Inner>, stop: &AtomicBool) {
             Err(_) => std::thread::sleep(TICK),
         }
         drop(polled);
-        let mut inner = inner.lock().unwrap();
+        let mut inner = lock(inner);
         let now = Instant::now();
         inner.accept(now);
         inner.service_clients(now);
@@ -318,9 +320,50 @@ struct Inner {
     /// After `accept` failed for want of fds or memory, the listener rests until then.
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
+    /// Frames no client holds any more, dropped once the lock is released ([`Locked`]).
+    to_drop: Vec<Pending>,
+}
+
+/// The server's state, locked. A frame's last reference runs its owners' code (its pool's
+/// release, its metas' free functions), which may call back into the sink (its `stats` lock
+/// this): frames let go under the lock are dropped only after it is released.
+struct Locked<'a>(Option<MutexGuard<'a, Inner>>);
+
+fn lock(inner: &Mutex<Inner>) -> Locked<'_> {
+    Locked(Some(inner.lock().unwrap()))
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let to_drop = self
+            .0
+            .as_mut()
+            .map(|inner| std::mem::take(&mut inner.to_drop));
+        drop(self.0.take());
+        drop(to_drop);
+    }
 }
 
 impl Inner {
+    /// Lets `client` go; its unreleased frames are dropped once the lock is released.
+    fn retire(&mut self, client: Client) {
+        self.to_drop.extend(client.pending);
+    }
+
     fn event(&mut self, what: String) {
         if self.events.len() < MAX_EVENTS {
             self.events.push(what);
@@ -454,6 +497,7 @@ impl Inner {
                         who(c.pid),
                         c.pending.len()
                     ));
+                    self.retire(c);
                 }
                 None => i += 1,
             }
@@ -485,7 +529,8 @@ impl Inner {
                         .position(|p| p.frame_number == frame_number)
                     {
                         Some(at) => {
-                            client.pending.remove(at);
+                            let released = client.pending.remove(at);
+                            self.to_drop.extend(released);
                             self.stats.frames_released += 1;
                             if self.waiting {
                                 let _ = rustix::io::write(&*self.released, &1u64.to_ne_bytes());
@@ -525,6 +570,7 @@ impl Inner {
                         who(c.pid),
                         c.pending.len()
                     ));
+                    self.retire(c);
                     continue;
                 }
                 i += 1;
@@ -547,6 +593,7 @@ impl Inner {
                 Err(e) => {
                     let c = self.clients.swap_remove(i);
                     self.event(format!("{} is gone ({e})", who(c.pid)));
+                    self.retire(c);
                 }
             }
         }
@@ -561,7 +608,9 @@ impl Inner {
             let _ = self.read_client(i);
             let _ = kernel::send_with_fds(&*self.clients[i].fd, &bye, &[], SendFlags::DONTWAIT);
         }
-        self.clients.clear();
+        for client in std::mem::take(&mut self.clients) {
+            self.retire(client);
+        }
     }
 }
 

@@ -31,7 +31,7 @@ struct Held {
 /// most [`FENCE_TIMEOUT`]: what GStreamer 1.28's VideoDmabufPool does with a sync file.
 /// GStreamer runs this notify before it frees the buffer's metas. The release itself never
 /// waits: a busy dma-buf is handed to the reaper thread, so whichever thread drops the last
-/// reference (streaming, the socket thread under its lock, stop()) goes on at once.
+/// reference (streaming, dmabufsink's socket thread, stop()) goes on at once.
 pub fn guard_release(buffer: &mut gst::BufferRef, dmabuf: gst::Memory, keep: gst::Buffer) {
     let held = Held {
         dmabuf,
