@@ -99,8 +99,8 @@ impl Error {
     /// Maps an errno from an operation that created an fd or memory to the most helpful variant.
     pub(crate) fn from_io(op: &'static str, err: io::Error) -> Error {
         match err.raw_os_error() {
-            Some(libc_errno::EMFILE) | Some(libc_errno::ENFILE) => Error::FdExhausted { op },
-            Some(libc_errno::ENOMEM) => Error::OutOfMemory {
+            Some(errno::EMFILE) | Some(errno::ENFILE) => Error::FdExhausted { op },
+            Some(errno::ENOMEM) => Error::OutOfMemory {
                 op,
                 hint: String::new(),
             },
@@ -112,10 +112,10 @@ impl Error {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Error::Io { source, .. } => source.raw_os_error(),
-            Error::FdExhausted { .. } => Some(libc_errno::EMFILE),
-            Error::OutOfMemory { .. } => Some(libc_errno::ENOMEM),
-            Error::PermissionDenied { .. } => Some(libc_errno::EACCES),
-            Error::DeviceMissing { .. } | Error::HeapNotFound { .. } => Some(libc_errno::ENOENT),
+            Error::FdExhausted { .. } => Some(errno::EMFILE),
+            Error::OutOfMemory { .. } => Some(errno::ENOMEM),
+            Error::PermissionDenied { .. } => Some(errno::EACCES),
+            Error::DeviceMissing { .. } | Error::HeapNotFound { .. } => Some(errno::ENOENT),
             Error::PinRefused { errno, .. } => Some(*errno),
             _ => None,
         }
@@ -132,8 +132,9 @@ impl From<Error> for io::Error {
     }
 }
 
-/// errno values used to classify errors, from rustix so no libc dependency is needed.
-mod libc_errno {
+/// errno values used to classify errors, taken from rustix like the rest of this module's
+/// system calls (libc is only for what rustix lacks: see peer.rs).
+mod errno {
     use rustix::io::Errno;
     pub const EMFILE: i32 = Errno::MFILE.raw_os_error();
     pub const ENFILE: i32 = Errno::NFILE.raw_os_error();
@@ -230,10 +231,7 @@ mod tests {
 
     #[test]
     fn fd_exhaustion_is_recognised() {
-        let e = Error::from_io(
-            "memfd_create",
-            io::Error::from_raw_os_error(libc_errno::EMFILE),
-        );
+        let e = Error::from_io("memfd_create", io::Error::from_raw_os_error(errno::EMFILE));
         assert!(matches!(e, Error::FdExhausted { .. }), "{e:?}");
     }
 }
