@@ -14,10 +14,19 @@
 //! export itself (made when the buffer is allocated); the device writes into it and the frames
 //! leave as they are. With `backing=heap` every producer already writes into dma-heap buffers.
 //!
-//! When zero-copy is impossible (upstream ignored the pool, its memory is no sealed memfd, the
-//! frame is over udmabuf's size limit, the buffer has several memories) the frame is copied into
-//! a pooled dma-buf, counted in `stats`, and a warning says why once; `copy-fallback=false` makes
-//! that an error instead. Input that already is dma-buf memory passes through untouched.
+//! System memory that is not from the pool (a decoder's own frames, an application's buffers)
+//! is exported in place through the vmemexp kernel module (`/dev/vmemexp`, property
+//! `pin-system-memory`), which pins its pages for as long as the dma-buf lives, when the frame
+//! owns the pages that hold it: memory that starts on a page and fills its last one. Memory
+//! whose pages also hold other bytes (the GstMemory header, other allocations) is copied,
+//! counted as `shares-pages`: every importer can read an export's whole pages. With
+//! `propose-pool=false` vmemexport asks upstream for such page-aligned, padded memory.
+//!
+//! When a frame can leave neither way (no vmemexp, memory it refuses or that shares its pages,
+//! a frame over udmabuf's size limit, a buffer of several memories) it is copied into a pooled
+//! dma-buf, counted in `stats` under its reason, and a warning says why once;
+//! `copy-fallback=false` makes that an error instead. Input that already is dma-buf memory
+//! passes through untouched.
 //!
 //! ```text
 //! gst-launch-1.0 videotestsrc ! video/x-raw,format=BGRx ! vmemexport ! kmssink driver-name=vkms

@@ -238,8 +238,10 @@ impl ElementImpl for VmemExport {
             gst::subclass::ElementMetadata::new(
                 "Virtual memory exporter",
                 "Filter/Video",
-                "Outputs system-memory video as DMABuf memory without copying: proposes a \
-                 memfd-backed pool upstream and exports each buffer once through udmabuf",
+                "Outputs system-memory video as DMABuf memory: exports the memfd pool it \
+                 proposes upstream through udmabuf, pins other memory in place through the \
+                 vmemexp module when the frame owns its pages, and copies what can leave \
+                 neither way",
                 "gst-vmem developers",
             )
         });
