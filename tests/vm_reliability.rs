@@ -173,9 +173,9 @@ fn a_resolution_change_mid_stream_renegotiates() {
     );
 }
 
-/// The seeds' open question: what if the owner frees the memory while a consumer still holds
-/// the dma-buf? The producer's buffers, pool, memfds and mappings all go; a consumer holding
-/// only the dma-buf fds still reads every pixel as it was.
+/// The producer frees the memory while a consumer still holds the dma-buf: the producer's
+/// buffers, pool, memfds and mappings all go, and a consumer holding only the dma-buf fds
+/// still reads every pixel as it was.
 #[test]
 #[ignore = "needs the VM testbed"]
 fn a_dmabuf_outlives_the_memory_it_was_exported_from() {
