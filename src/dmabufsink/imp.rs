@@ -353,9 +353,8 @@ impl ObjectImpl for DmabufSink {
                 glib::ParamSpecString::builder("drm-device")
                     .nick("DRM device")
                     .blurb(
-                        "PRIME-import every new dma-buf into this DRM node: a path (/dev/dri/card1) or \
-                         driver:NAME (driver:vkms), which opens its render node, or its card node with \
-                         drm-addfb; DRM master is never kept. Unset: no import",
+                        "PRIME-import every new dma-buf into this DRM node: a path or driver:NAME \
+                         (its render node; its card node with drm-addfb). Unset: no import",
                     )
                     .mutable_ready()
                     .build(),
@@ -374,10 +373,8 @@ impl ObjectImpl for DmabufSink {
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
                     .blurb(
-                        "Share frames over a Unix SOCK_SEQPACKET socket at this path, passing their dma-buf \
-                         fds (any client may write to the pages: see docs/protocol.md). Mode 0600 unless \
-                         socket-group or allow-other-users say otherwise; PATH.lock is held while serving. \
-                         Unset: no sharing",
+                        "Share frames over a Unix socket at this path, passing their dma-buf fds: any \
+                         client may write to the pages (docs/protocol.md). Unset: no sharing",
                     )
                     .mutable_ready()
                     .build(),
@@ -392,9 +389,8 @@ impl ObjectImpl for DmabufSink {
                 glib::ParamSpecEnum::builder_with_default("drop-policy", DEFAULT_DROP_POLICY)
                     .nick("Drop policy")
                     .blurb(
-                        "What happens to a client at max-pending: it misses frames (skip), is disconnected \
-                         (disconnect), or the pipeline waits for it, at most until its oldest frame reaches \
-                         hold-timeout (wait: lossless, for recorders)",
+                        "What happens to a client holding max-pending frames: it misses frames (skip), is \
+                         disconnected (disconnect), or the pipeline waits for it up to hold-timeout (wait)",
                     )
                     .mutable_ready()
                     .build(),
@@ -411,8 +407,7 @@ impl ObjectImpl for DmabufSink {
                     .nick("Socket group")
                     .blurb(
                         "Also serve members of this group (a name or a gid; this user must be a member): \
-                         the socket file gets this group and mode 0660, and a client of another uid is \
-                         served only if SO_PEERCRED/SO_PEERGROUPS show the group. Unset: no group access",
+                         the socket file gets this group and mode 0660. Unset: no group access",
                     )
                     .mutable_ready()
                     .build(),
@@ -441,10 +436,9 @@ impl ObjectImpl for DmabufSink {
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "frames, imported, import-failures, addfb-failures, non-dmabuf, clients, clients-total, \
-                         clients-refused (uid or max-clients), clients-timed-out (hold-timeout), frames-sent, \
-                         frames-dropped, frames-released, protocol-errors (clients disconnected for a bad or \
-                         unknown message), accept-errors (accept failed, e.g. out of fds; retried with back-off)",
+                        "frames, imported, import-failures, addfb-failures, non-dmabuf, and the socket's \
+                         counters (clients, clients-total, clients-refused, clients-timed-out, frames-sent, \
+                         frames-dropped, frames-released, protocol-errors, accept-errors: docs/protocol.md)",
                     )
                     .read_only()
                     .build(),

@@ -6,6 +6,11 @@
 //! checks that it could be scanned out (AddFB2), and shares the frames with other processes
 //! over a Unix socket, passing the dma-buf fds (see docs/protocol.md and [`Client`]).
 //!
+//! `drm-device=driver:NAME` opens the driver's render node, or its card node with `drm-addfb`
+//! (AddFB2 needs one); DRM master, which opening a card node may grant, is dropped at once and
+//! never kept. The socket file's mode, group and lock file, and how clients are checked, are
+//! in docs/protocol.md.
+//!
 //! ```text
 //! gst-launch-1.0 videotestsrc ! vmemexport ! dmabufsink drm-device=driver:vkms drm-addfb=true
 //! gst-launch-1.0 videotestsrc ! vmemexport ! dmabufsink socket-path=/tmp/frames.sock

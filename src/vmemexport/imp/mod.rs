@@ -156,10 +156,8 @@ impl ObjectImpl for VmemExport {
                 glib::ParamSpecBoolean::builder("propose-pool")
                     .nick("Propose pool")
                     .blurb(
-                        "Offer upstream a pool of exportable memory (false makes upstream use its \
-                         own memory, asked to be page-aligned: exported in place with \
-                         pin-system-memory and /dev/vmemexp when its pages are its own, else \
-                         copied)",
+                        "Offer upstream a pool of exportable memory. false: upstream uses its own \
+                         memory (asked to be page-aligned), pinned by pin-system-memory or copied",
                     )
                     .default_value(DEFAULT_PROPOSE_POOL)
                     .mutable_ready()
@@ -176,9 +174,8 @@ impl ObjectImpl for VmemExport {
                 glib::ParamSpecBoolean::builder("pin-system-memory")
                     .nick("Pin system memory")
                     .blurb(
-                        "Export system memory that is not from the proposed pool (a decoder's own \
-                         frames, an application's malloc) in place through /dev/vmemexp, pinning \
-                         its pages, when that device is usable; false copies such frames",
+                        "Export system memory that is not from the proposed pool in place, pinning \
+                         its pages through /dev/vmemexp when the frame owns them. false: copy it",
                     )
                     .default_value(DEFAULT_PIN_SYSTEM_MEMORY)
                     .mutable_ready()
