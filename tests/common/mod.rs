@@ -45,19 +45,49 @@ pub fn stat(element: &gst::Element, field: &str) -> u64 {
         .unwrap_or_else(|e| panic!("stats has no {field}: {e} ({stats})"))
 }
 
-/// Collects the messages GStreamer logs in the given categories while it lives.
+/// Collects the messages GStreamer logs in the given categories while it lives. Meanwhile
+/// GStreamer's default log function (stderr) is off, so that the raised thresholds do not
+/// flood the output. Dropping it leaves logging as it was: its log function goes, and once
+/// no capture is left the default log function comes back and the thresholds the captures
+/// set are unset.
 pub struct LogCapture {
     lines: Arc<Mutex<Vec<(String, String)>>>,
     handle: Option<gst::log::DebugLogFunction>,
+    categories: Vec<String>,
 }
+
+/// What the live captures changed in GStreamer's logging, which is process-wide while the
+/// tests of a binary run in parallel.
+#[derive(Default)]
+struct Captures {
+    live: usize,
+    /// Whether the first capture removed the default log function, for the last to restore.
+    removed_default: bool,
+    /// Live captures per category whose threshold they set.
+    categories: std::collections::HashMap<String, usize>,
+}
+
+/// Held while GStreamer's logging is changed, so that captures in parallel tests change it
+/// in order. The GStreamer calls under it run no test code that takes it.
+static CAPTURES: std::sync::LazyLock<Mutex<Captures>> = std::sync::LazyLock::new(Default::default);
 
 impl LogCapture {
     /// Captures `categories` at `level` (kmssink's import messages are at LOG).
     pub fn new(categories: &[&str], level: gst::DebugLevel) -> LogCapture {
-        gst::log::remove_default_log_function();
+        let mut captures = CAPTURES.lock().unwrap();
+        if captures.live == 0 {
+            // SAFETY: removes GStreamer's own default log function wherever it is registered.
+            let removed = unsafe {
+                gst::ffi::gst_debug_remove_log_function(Some(gst::ffi::gst_debug_log_default))
+            };
+            captures.removed_default = removed > 0;
+        }
+        captures.live += 1;
         for cat in categories {
+            *captures.categories.entry(cat.to_string()).or_default() += 1;
             gst::log::set_threshold_for_name(cat, level);
         }
+        drop(captures);
         let wanted: Vec<String> = categories.iter().map(|s| s.to_string()).collect();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -74,6 +104,7 @@ impl LogCapture {
         LogCapture {
             lines,
             handle: Some(handle),
+            categories: categories.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -117,6 +148,30 @@ impl Drop for LogCapture {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
             gst::log::remove_log_function(h);
+        }
+        let mut captures = CAPTURES.lock().unwrap();
+        for cat in &self.categories {
+            let users = captures.categories.get_mut(cat).unwrap();
+            *users -= 1;
+            if *users == 0 {
+                captures.categories.remove(cat);
+                // Back to the default threshold and GST_DEBUG's patterns (GStreamer unsets
+                // patterns by name: one in GST_DEBUG naming exactly this category goes too).
+                gst::log::unset_threshold_for_name(cat);
+            }
+        }
+        captures.live -= 1;
+        if captures.live == 0 && captures.removed_default {
+            // SAFETY: GStreamer's own default log function, registered as gst_init does, but
+            // with no user data: it writes to stderr (a GST_DEBUG_FILE is not reopened).
+            unsafe {
+                gst::ffi::gst_debug_add_log_function(
+                    Some(gst::ffi::gst_debug_log_default),
+                    std::ptr::null_mut(),
+                    None,
+                );
+            }
+            captures.removed_default = false;
         }
     }
 }
