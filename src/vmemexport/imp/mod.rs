@@ -213,6 +213,9 @@ impl ObjectImpl for VmemExport {
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return self.stats.lock().unwrap().to_structure().to_value();
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "backing" => settings.backing.to_value(),
@@ -221,7 +224,6 @@ impl ObjectImpl for VmemExport {
             "propose-pool" => settings.propose_pool.to_value(),
             "sync" => settings.sync.to_value(),
             "pin-system-memory" => settings.pin_system_memory.to_value(),
-            "stats" => self.stats.lock().unwrap().to_structure().to_value(),
             _ => unimplemented!(),
         }
     }
