@@ -831,7 +831,9 @@ fn v4l2_decoder_decodes_into_our_dmabufs() {
         eprintln!("NOT RUN on GStreamer 1.22: its v4l2fwhtdec hangs with or without vmemexport");
         return;
     }
-    let frames = 5;
+    // More frames than the decoder's capture queue holds on any kernel of the matrix (7.2's
+    // vicodec takes five), so that the pool must recycle and exports are cached.
+    let frames = 16;
     let encode = format!(
         "videotestsrc num-buffers={frames} pattern=ball ! {I420_720P} ! v4l2fwhtenc ! v4l2fwhtdec"
     );
