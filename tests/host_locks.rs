@@ -53,6 +53,16 @@ fn a_sync_handler_may_stop_the_pipeline_on_vmemexports_allocation_error() {
         std::thread::spawn(move || {
             // PAUSED starts vmemexport (backing=heap opens the heap); appsrc waits for data.
             pipeline.set_state(gst::State::Paused).unwrap();
+            // An ALLOCATION query is serialized: it holds vmemexport's sink pad stream lock,
+            // which appsrc's streaming thread needs for its stream-start and caps events, while
+            // that thread holds appsrc's own stream lock, which stopping the pipeline needs. An
+            // application must not query while those events are on their way (GStreamer's
+            // locks, not the element's): wait until they have arrived.
+            let sink = common::element(&pipeline, "v").static_pad("sink").unwrap();
+            let start = std::time::Instant::now();
+            while sink.current_caps().is_none() && start.elapsed() < BOUND / 2 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let src = common::element(&pipeline, "src");
             let caps: gst::Caps = CAPS.parse().unwrap();
             let mut query = gst::query::Allocation::new(Some(&caps), true);
