@@ -90,6 +90,24 @@ fn fill(bytes: &mut [u8], frame: usize) {
     }
 }
 
+/// `frames` application frames of `info` from `alloc`, each one's offset into its first page,
+/// and the checksum of each one's pixels.
+fn app_frames(
+    alloc: Alloc,
+    info: &gst_video::VideoInfo,
+    frames: usize,
+) -> (Vec<gst::Buffer>, Vec<usize>, Vec<u64>) {
+    let buffers: Vec<gst::Buffer> = (0..frames)
+        .map(|i| app_buffer(alloc, info.size(), i))
+        .collect();
+    let skews = buffers.iter().map(|b| skew_of(b)).collect();
+    let expected = buffers
+        .iter()
+        .map(|b| checksum(&normalized_frame(b, info)))
+        .collect();
+    (buffers, skews, expected)
+}
+
 fn app_buffer(alloc: Alloc, size: usize, frame: usize) -> gst::Buffer {
     let mem = match alloc {
         Alloc::WithSize => gst::Memory::with_size(size),
@@ -230,14 +248,7 @@ fn page_aligned_frames_reach_kmssink_without_copies() {
         Alloc::Memalign { skew: 64 },
     ] {
         log.clear();
-        let buffers: Vec<gst::Buffer> = (0..frames)
-            .map(|i| app_buffer(alloc, info.size(), i))
-            .collect();
-        let skews: Vec<usize> = buffers.iter().map(|b| skew_of(b)).collect();
-        let expected: Vec<u64> = buffers
-            .iter()
-            .map(|b| checksum(&normalized_frame(b, &info)))
-            .collect();
+        let (buffers, skews, expected) = app_frames(alloc, &info, frames);
         let apps = buffers.clone();
         let pipeline = launch(
             "appsrc name=src ! vmemexport name=v ! tee name=t ! queue ! \
@@ -289,14 +300,7 @@ fn frames_sharing_their_pages_are_copied() {
         Alloc::Wrapped { skew: 0 },
         Alloc::Wrapped { skew: 64 },
     ] {
-        let buffers: Vec<gst::Buffer> = (0..frames)
-            .map(|i| app_buffer(alloc, info.size(), i))
-            .collect();
-        let skews: Vec<usize> = buffers.iter().map(|b| skew_of(b)).collect();
-        let expected: Vec<u64> = buffers
-            .iter()
-            .map(|b| checksum(&normalized_frame(b, &info)))
-            .collect();
+        let (buffers, skews, expected) = app_frames(alloc, &info, frames);
         let pipeline = launch("appsrc name=src ! vmemexport name=v ! appsink name=out sync=false");
         let out = collect(&pipeline, "out");
         let result = push_and_run(&pipeline, &info, buffers);
