@@ -24,15 +24,20 @@
 #error "vmemexp needs Linux 6.1 or later"
 #endif
 
+/*
+ * What changed in the range is found by Kbuild's probes of the kernel's own
+ * headers (Kbuild), not by version checks: stable and vendor kernels backport.
+ */
+
 /* 6.13 turned symbol namespace names into string literals. */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 13, 0)
-MODULE_IMPORT_NS("DMA_BUF");
-#else
+#ifdef VMEMEXP_IMPORT_NS_BARE
 MODULE_IMPORT_NS(DMA_BUF);
+#else
+MODULE_IMPORT_NS("DMA_BUF");
 #endif
 
 /* 6.3 made vm_flags read-only behind vm_flags_set() and friends. */
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 3, 0)
+#ifndef VMEMEXP_HAVE_VM_FLAGS_SET
 static inline void vm_flags_set(struct vm_area_struct *vma, vm_flags_t flags)
 {
 	vma->vm_flags |= flags;
