@@ -1205,6 +1205,24 @@ static int t_importer_double_map(void)
 	return 0;
 }
 
+/*
+ * The DMA API debugging's own count of the errors it found, or -1 without
+ * CONFIG_DMA_API_DEBUG (or debugfs). It counts every error, where the log
+ * shows only the first of each boot unless all_errors is set.
+ */
+static long dma_api_errors(void)
+{
+	FILE *f = fopen("/sys/kernel/debug/dma-api/error_count", "re");
+	long n = -1;
+
+	if (f) {
+		if (fscanf(f, "%ld", &n) != 1)
+			n = -1;
+		fclose(f);
+	}
+	return n;
+}
+
 /* Lines of the kernel log that name the DMA API's checks, from now on. */
 static int kmsg_open(void)
 {
@@ -1246,6 +1264,7 @@ static int t_dma_buf_sync(void)
 	__u32 dirs[] = { VMEMEXP_IMPORTER_TO_DEVICE, VMEMEXP_IMPORTER_FROM_DEVICE,
 			 VMEMEXP_IMPORTER_BIDIRECTIONAL };
 	int fd, imp, kmsg = kmsg_open(), splats;
+	long errors = dma_api_errors();
 
 	ASSERT(user && kmsg >= 0);
 	ASSERT(vexport(dev, user, len, VMEMEXP_EXPORT_WRITE, &fd) == 0);
@@ -1267,6 +1286,9 @@ static int t_dma_buf_sync(void)
 	close(kmsg);
 	if (splats)
 		FAIL("%d DMA-API debug reports during CPU syncs", splats);
+	if (errors >= 0 && dma_api_errors() != errors)
+		FAIL("the DMA API debugging counted %ld errors during CPU syncs",
+		     dma_api_errors() - errors);
 	close(fd);
 	munmap(user, len);
 	return 0;

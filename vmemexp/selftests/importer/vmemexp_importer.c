@@ -108,16 +108,23 @@ static long vmi_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct vmi_file *f = file->private_data;
 	long ret;
-	s32 fd;
-	u32 dir;
+	u32 val = 0;
+
+	/*
+	 * The argument is read before f->lock is taken: a fault takes mmap_lock,
+	 * which .mmap holds when it takes f->lock (lockdep, make debug-kernel).
+	 */
+	if ((cmd == VMEMEXP_IMPORTER_IOC_IMPORT || cmd == VMEMEXP_IMPORTER_IOC_MAP) &&
+	    get_user(val, (u32 __user *)arg))
+		return -EFAULT;
 
 	mutex_lock(&f->lock);
 	switch (cmd) {
 	case VMEMEXP_IMPORTER_IOC_IMPORT:
-		ret = get_user(fd, (s32 __user *)arg) ?: vmi_import(f, fd);
+		ret = vmi_import(f, (s32)val);
 		break;
 	case VMEMEXP_IMPORTER_IOC_MAP:
-		ret = get_user(dir, (u32 __user *)arg) ?: vmi_map(f, dir);
+		ret = vmi_map(f, val);
 		break;
 	case VMEMEXP_IMPORTER_IOC_UNMAP:
 		vmi_unmap_all(f);
