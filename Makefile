@@ -44,15 +44,19 @@ module:
 host-test:
 	$(CARGO) test
 
-# The documented meson build installs a loadable plugin (into a scratch prefix here).
+# The documented meson build installs a loadable plugin (into a scratch prefix here): under
+# PREFIX/LIBDIR/gstreamer-1.0, built with cargo's release profile (the default buildtype).
 meson-check:
 	rm -rf target/meson-prefix
 	[ -d target/meson ] || meson setup target/meson --prefix=$(CURDIR)/target/meson-prefix >/dev/null
 	meson compile -C target/meson >/dev/null
 	meson install -C target/meson >/dev/null
-	GST_PLUGIN_PATH=$$(dirname $$(find $(CURDIR)/target/meson-prefix -name libgstvmem.so)) \
+	test -f target/meson/cargo-target/release/libgstvmem.so
+	libdir=$$(meson introspect target/meson --buildoptions | python3 -c 'import json, sys; \
+	  print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "libdir"))') && \
+	  GST_PLUGIN_PATH=$(CURDIR)/target/meson-prefix/$$libdir/gstreamer-1.0 \
 	  gst-inspect-1.0 vmem | grep -q 'vmemexport'
-	@echo "meson-check: libgstvmem.so installed and loadable"
+	@echo "meson-check: libgstvmem.so installed under the prefix and loadable"
 
 # Debian packages in target/debian/: gstreamer1.0-vmem (the plugin in GStreamer's multiarch
 # plugin directory, docs, the examples' sources; [package.metadata.deb] in Cargo.toml) and
