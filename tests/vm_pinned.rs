@@ -834,48 +834,14 @@ fn another_process_reads_nothing_but_the_frame() {
     eprintln!("frames start {skews:?} bytes into their page; {stats}");
 }
 
-/// Runs `gst-launch-1.0 DESC` as nobody with `RLIMIT_MEMLOCK` at `memlock_kib`; its output.
-/// GStreamer's warnings go to its output (gst-launch prints them).
+/// Runs `gst-launch-1.0 DESC` as nobody in /dev/udmabuf's group (vmemexport needs some way to
+/// make dma-bufs) with `RLIMIT_MEMLOCK` at `memlock_kib`; its output, which must be a success.
 fn gst_launch_as_nobody(desc: &str, memlock_kib: u32) -> String {
     use std::os::unix::fs::MetadataExt;
-    // nobody, in /dev/udmabuf's group (vmemexport needs some way to make dma-bufs). The
-    // limit is set as root (nobody may not raise it), then the user changes.
     let udmabuf_gid = std::fs::metadata(kernel::UDMABUF_PATH).unwrap().gid();
-    let out = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "ulimit -l {memlock_kib} && exec setpriv --reuid=65534 --regid=65534 \
-                 --groups={udmabuf_gid} gst-launch-1.0 {desc}"
-            ),
-        ])
-        .env(
-            "GST_PLUGIN_PATH",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release"),
-        )
-        .env("GST_REGISTRY", "/tmp/vm-pinned-nobody.registry")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{desc}: {text}");
+    let (ok, text) = common::gst_launch_as_nobody(desc, memlock_kib, Some(udmabuf_gid));
+    assert!(ok, "{desc}: {text}");
     text
-}
-
-/// Restores /dev/vmemexp's mode when dropped.
-struct DeviceMode(u32);
-
-impl Drop for DeviceMode {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(
-            kernel::VMEMEXP_PATH,
-            std::fs::Permissions::from_mode(self.0),
-        );
-    }
 }
 
 #[test]
@@ -883,7 +849,6 @@ impl Drop for DeviceMode {
 fn unusable_vmemexp_means_counted_copies_and_a_named_fix() {
     // A user who may not open /dev/vmemexp, then one who may but whose RLIMIT_MEMLOCK cannot
     // hold a frame: the frames are copied, the stream plays, the warning says what to change.
-    use std::os::unix::fs::PermissionsExt;
     let desc = "videotestsrc num-buffers=5 ! video/x-raw,format=BGRx,width=320,height=240 ! \
                 vmemexport propose-pool=false ! fakesink";
     let denied = gst_launch_as_nobody(desc, 65536);
@@ -892,13 +857,7 @@ fn unusable_vmemexp_means_counted_copies_and_a_named_fix() {
             && denied.contains("permission denied on /dev/vmemexp"),
         "{denied}"
     );
-    let mode = std::fs::metadata(kernel::VMEMEXP_PATH)
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o7777;
-    let _restore = DeviceMode(mode);
-    std::fs::set_permissions(kernel::VMEMEXP_PATH, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let _open = OpenToAll::new(kernel::VMEMEXP_PATH);
     // 64 KiB cannot hold one 300 KiB frame.
     let limited = gst_launch_as_nobody(desc, 64);
     assert!(

@@ -13,7 +13,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::export::Refusal;
 use crate::heapalloc::DmaHeapAllocator;
-use crate::kernel::{self, Udmabuf, UdmabufLimits, UdmabufRange, Vmemexp};
+use crate::kernel::{self, PinAccess, Udmabuf, UdmabufLimits, UdmabufRange, Vmemexp};
 
 /// Where an element's dma-bufs come from: the kernel's devices, or for tests a fake udmabuf
 /// and nothing else (no dma-heap, no vmemexp), so that they behave the same on every machine.
@@ -31,6 +31,11 @@ impl Devices {
             Devices::Kernel => Box::new(Udmabuf::open()?),
             Devices::Fake => Box::new(FakeUdmabuf::new()),
         })
+    }
+
+    /// What exports the memfd pool on kernels without udmabuf: vmemexp, or why not.
+    pub fn vmemexp_pool(self) -> Result<Box<dyn Backend>, String> {
+        Ok(Box::new(VmemexpPool(self.vmemexp()?)))
     }
 
     /// The dma-heap allocator for `selection` (the `heap` property).
@@ -57,6 +62,12 @@ pub trait Backend: Debug + Send + Sync {
 
     /// The largest `size` [`Backend::export`] takes, if it takes any.
     fn size_limit(&self) -> Option<u64>;
+
+    /// Whether the kernel names each export itself (vmemexp: after the exporting process),
+    /// where udmabuf's exports get vmemexport's name.
+    fn names_exports(&self) -> bool {
+        false
+    }
 }
 
 impl Backend for Udmabuf {
@@ -67,6 +78,46 @@ impl Backend for Udmabuf {
 
     fn size_limit(&self) -> Option<u64> {
         Some(self.limits().size_limit)
+    }
+}
+
+/// `backing=auto` on kernels without udmabuf (Debian 12's, many vendor kernels) but with the
+/// vmemexp module: the pool's memfds are mapped for a moment and their pages exported through
+/// vmemexp, the same pages under the same cache as udmabuf's exports. The pages are shmem, which
+/// vmemexp pins (it refuses other page cache); the pin is charged to the user's
+/// RLIMIT_MEMLOCK for as long as a holder keeps the dma-buf, so a refusal is a copy counted
+/// under `pin-refused` with vmemexp's reason, not an error.
+///
+/// Exports are read-only, as for pinned memory: importers get the frame to read, never a way
+/// into the producer's pages.
+#[derive(Debug)]
+pub struct VmemexpPool(Vmemexp);
+
+impl Backend for VmemexpPool {
+    fn export(&self, memfd: BorrowedFd<'_>, size: u64) -> Result<OwnedFd, Refusal> {
+        let refused =
+            |e: kernel::Error| Refusal::Pin(format!("vmemexp refused the pool's memfd: {e}"));
+        let len = usize::try_from(size).map_err(|_| refused(kernel::Error::Empty))?;
+        // SAFETY: the mapping is only handed to vmemexp, never read or written from here.
+        let map = unsafe { kernel::Mapping::new(memfd, 0, len, true) }.map_err(refused)?;
+        // SAFETY: read-only exports of pool memory that only consumers import; no Rust
+        // reference to the pages exists (the mapping's bytes are never borrowed).
+        let dmabuf = unsafe {
+            self.0
+                .export(map.as_ptr() as usize, len, PinAccess::ReadOnly)
+        }
+        .map_err(refused)?;
+        // The pin holds the pages; the mapping was only the way to name them.
+        drop(map);
+        Ok(dmabuf)
+    }
+
+    fn size_limit(&self) -> Option<u64> {
+        Some(self.0.max_size())
+    }
+
+    fn names_exports(&self) -> bool {
+        true
     }
 }
 

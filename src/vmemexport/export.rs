@@ -302,7 +302,9 @@ impl Exporter {
             .ok_or_else(|| Refusal::Udmabuf(format!("{} bytes overflow", mem.maxsize())))?;
         let dmabuf = self.backend.export(fd, export_size)?;
         // vmemexp names its exports after the exporting process itself; udmabuf's get ours.
-        crate::memory::name_dmabuf(&dmabuf, &self.name);
+        if !self.backend.names_exports() {
+            crate::memory::name_dmabuf(&dmabuf, &self.name);
+        }
         let export = self
             .wrap(dmabuf, export_size as usize, mem.offset(), mem.size())
             .map_err(Refusal::Udmabuf)?;

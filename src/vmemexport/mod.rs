@@ -63,16 +63,17 @@ glib::wrapper! {
 #[repr(u32)]
 #[enum_type(name = "GstVmemExportBacking")]
 pub enum Backing {
-    /// memfd when /dev/udmabuf can be opened, else heap.
+    /// memfd when /dev/udmabuf or /dev/vmemexp can be opened, else heap.
     #[default]
     #[enum_value(
-        name = "Auto: memfd when /dev/udmabuf is usable, else heap",
+        name = "Auto: memfd when /dev/udmabuf or /dev/vmemexp is usable, else heap",
         nick = "auto"
     )]
     Auto,
-    /// Upstream writes into sealed memfds, exported through /dev/udmabuf (scattered pages).
+    /// Upstream writes into sealed memfds, exported through /dev/udmabuf (scattered pages), or
+    /// through /dev/vmemexp on kernels without udmabuf.
     #[enum_value(
-        name = "Memfd: memfd pages exported through /dev/udmabuf",
+        name = "Memfd: memfd pages exported through /dev/udmabuf (else /dev/vmemexp)",
         nick = "memfd"
     )]
     Memfd,

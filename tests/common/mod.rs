@@ -503,3 +503,74 @@ pub fn kmssink_imports(log: &LogCapture) -> Option<(usize, usize)> {
     }
     Some((new, reused))
 }
+
+/// A device node opened to everyone (mode 0666) until dropped, then given its mode back: for
+/// tests that run a command as another user.
+pub struct OpenToAll {
+    path: &'static str,
+    mode: u32,
+}
+
+impl OpenToAll {
+    pub fn new(path: &'static str) -> OpenToAll {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        let restore = OpenToAll { path, mode };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        restore
+    }
+}
+
+impl Drop for OpenToAll {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(self.path, std::fs::Permissions::from_mode(self.mode));
+    }
+}
+
+/// Runs `gst-launch-1.0 DESC` as nobody (in group `group`, if given) with `RLIMIT_MEMLOCK` at
+/// `memlock_kib`: whether it succeeded, and its output, GStreamer's warnings included. The limit
+/// is set as root (nobody may not raise it), then the user changes. GStreamer there sees only
+/// the plugins such a DESC needs (coreelements, videotestsrc and this one), so its registry of
+/// its own takes seconds to build, not minutes.
+pub fn gst_launch_as_nobody(desc: &str, memlock_kib: u32, group: Option<u32>) -> (bool, String) {
+    init();
+    let plugins = std::path::Path::new("/tmp/vmem-nobody-plugins");
+    let _ = std::fs::remove_dir_all(plugins);
+    std::fs::create_dir_all(plugins).unwrap();
+    for name in ["coreelements", "videotestsrc"] {
+        let plugin = gst::Registry::get()
+            .find_plugin(name)
+            .unwrap_or_else(|| panic!("no GStreamer plugin {name}"));
+        let file = plugin.filename().unwrap();
+        std::os::unix::fs::symlink(&file, plugins.join(file.file_name().unwrap())).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/libgstvmem.so"),
+        plugins.join("libgstvmem.so"),
+    )
+    .unwrap();
+    let registry = "/tmp/vmem-nobody.registry";
+    let groups = group.map_or("--clear-groups".to_string(), |g| format!("--groups={g}"));
+    let _ = std::fs::remove_file(registry);
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -l {memlock_kib} && exec setpriv --reuid=65534 --regid=65534 \
+                 {groups} gst-launch-1.0 {desc}"
+            ),
+        ])
+        .env("GST_PLUGIN_SYSTEM_PATH_1_0", "")
+        .env("GST_PLUGIN_SYSTEM_PATH", "")
+        .env("GST_PLUGIN_PATH", plugins)
+        .env("GST_REGISTRY", registry)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -20,9 +20,10 @@ kernel_userland() {
     esac
 }
 # What runs on each extra kernel: --core (the module, its selftest and variants, vm_pinned,
-# vmemexport, dmaheap, dmabufsink) or --module (the module, its selftest and variants only).
+# vmemexport, dmaheap, dmabufsink) or --module (the module, its selftest and variants, and
+# vmemexport exporting its own pool through vmemexp: vm_without_udmabuf).
 # Debian 12's kernel has neither udmabuf nor dma-heaps (and no way to add them: memfd_fcntl is
-# not exported and the heap core is not modular), so what can be proven there is the module.
+# not exported and the heap core is not modular): there vmemexport exports through vmemexp.
 kernel_suite() {
     case "$1" in
         6.1) echo --module ;;

@@ -46,23 +46,42 @@ impl VmemExport {
     /// Resolves `backing` into what this run uses, with errors that say how to fix the system.
     pub(super) fn open_backing(&self, settings: &Settings) -> Result<State, gst::ErrorMessage> {
         let name = format!("vmemexport:{}", self.obj().name());
-        // Why udmabuf is not used, for the error if no heap can stand in for it either.
+        // What exports the memfd pool: udmabuf, else vmemexp (Debian 12's kernel has neither
+        // udmabuf nor dma-heaps), and why neither does, for the error if no heap can stand in.
         let mut udmabuf_why = String::new();
         let udmabuf = match settings.backing {
             Backing::Heap => None,
             Backing::Memfd | Backing::Auto => match settings.devices.udmabuf() {
                 Ok(u) => Some(u),
-                Err(e) if settings.backing == Backing::Memfd => {
-                    return Err(gst::error_msg!(
-                        gst::ResourceError::OpenReadWrite,
-                        ("backing=memfd needs {}: {e}", kernel::UDMABUF_PATH)
-                    ));
-                }
-                Err(e) => {
-                    gst::info!(CAT, imp = self, "no udmabuf ({e}), trying dma-heaps");
-                    udmabuf_why = format!("{e}; and ");
-                    None
-                }
+                Err(e) => match settings.devices.vmemexp_pool() {
+                    Ok(pool) => {
+                        gst::info!(
+                            CAT,
+                            imp = self,
+                            "no udmabuf ({e}): exporting the memfd pool through vmemexp"
+                        );
+                        Some(pool)
+                    }
+                    Err(why) if settings.backing == Backing::Memfd => {
+                        return Err(gst::error_msg!(
+                            gst::ResourceError::OpenReadWrite,
+                            (
+                                "backing=memfd needs {} or {}: {e}; {why}",
+                                kernel::UDMABUF_PATH,
+                                kernel::VMEMEXP_PATH
+                            )
+                        ));
+                    }
+                    Err(why) => {
+                        gst::info!(
+                            CAT,
+                            imp = self,
+                            "no udmabuf ({e}) nor vmemexp ({why}), trying dma-heaps"
+                        );
+                        udmabuf_why = format!("{e}; {why}; and ");
+                        None
+                    }
+                },
             },
         };
         let backing = match (settings.backing, &udmabuf) {

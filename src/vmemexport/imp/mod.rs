@@ -129,8 +129,9 @@ impl ObjectImpl for VmemExport {
                 glib::ParamSpecEnum::builder_with_default("backing", DEFAULT_BACKING)
                     .nick("Backing")
                     .blurb(
-                        "Memory proposed to upstream: memfd pages exported through /dev/udmabuf, \
-                         dma-heap buffers (see heap), or auto (memfd if /dev/udmabuf is usable)",
+                        "Memory proposed to upstream: memfd pages exported through /dev/udmabuf \
+                         (or /dev/vmemexp), dma-heap buffers (see heap), or auto (memfd if either \
+                         is usable)",
                     )
                     .mutable_ready()
                     .build(),
