@@ -128,6 +128,11 @@ fn a_symlink_swapped_in_at_start_is_never_followed() {
     std::fs::remove_dir_all(&dir).unwrap();
     println!("symlink swap: 200 starts, {served} served, victim chmod-ed {hits} times");
     assert_eq!(content, b"precious");
+    // The sinks must have come up between the swaps, or the race was never run.
+    assert!(
+        served > 0,
+        "no sink served in 200 starts against the swapping"
+    );
     assert_eq!(
         hits, 0,
         "the sink changed the mode of the link's target {hits} times"

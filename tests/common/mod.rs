@@ -491,13 +491,22 @@ pub fn scanout_inode(driver: &str) -> Result<u64, String> {
         .map_err(|e| e.to_string())
 }
 
-/// kmssink's own account of its dma-buf imports in GStreamer 1.22-1.28's wording: new
-/// framebuffers (`setting KMS mem`) and reused ones (`found KMS mem`). `None` when neither
-/// line appears, e.g. a future wording: then a [`ScanoutProof`] is the proof that stands.
+/// kmssink's own account of its dma-buf imports in GStreamer 1.22-1.28's wording
+/// (gstkmssink.c, gst_kms_sink_import_dmabuf): new framebuffers (`setting KMS mem`) and reused
+/// ones (`found KMS mem`). Those versions always log one or the other for a dma-buf they
+/// import, so neither line there fails the test. `None` only on a later GStreamer that logs
+/// neither (its wording may have changed): then a [`ScanoutProof`] is the proof that stands.
 pub fn kmssink_imports(log: &LogCapture) -> Option<(usize, usize)> {
     let new = log.count("kmssink", "setting KMS mem");
     let reused = log.count("kmssink", "found KMS mem");
     if new + reused == 0 {
+        assert!(
+            gst_version() > (1, 28),
+            "kmssink {}.{} logged no dma-buf import ('setting KMS mem' / 'found KMS mem'): it \
+             imported none, or the log capture missed them",
+            gst_version().0,
+            gst_version().1
+        );
         eprintln!("note: kmssink logged no import lines; relying on the scanout proof");
         return None;
     }
