@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use gst::prelude::*;
 
@@ -27,19 +26,7 @@ fn without_dmabuf_devices(name: &str) -> bool {
     let script = "set -e; d=$(mktemp -d); mount --bind /dev \"$d\"; mount -t tmpfs none /dev; \
                   for n in null zero urandom full; do touch /dev/$n; mount --bind \"$d/$n\" /dev/$n; done; \
                   exec \"$0\" \"$@\"";
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", script])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--include-ignored", "--test-threads=1"])
-        .env("VMEM_DEVICES_HIDDEN", "1")
-        .output()
-        .expect("unshare (util-linux)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("test result: ok. 1 passed"),
-        "{name} without the devices (needs root for unshare -m):\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::rerun_in_mount_namespace(name, script, "VMEM_DEVICES_HIDDEN");
     false
 }
 

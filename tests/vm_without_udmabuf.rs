@@ -39,19 +39,7 @@ fn without_udmabuf(name: &str) -> bool {
         if [ -e /dev/udmabuf ]; then mknod "$d/gone" c 4095 255; mount --bind "$d/gone" /dev/udmabuf; fi
         if [ -d /dev/dma_heap ]; then mount -t tmpfs none /dev/dma_heap; fi
         exec "$0" "$@""#;
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", script])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--include-ignored", "--test-threads=1"])
-        .env("VMEM_UDMABUF_HIDDEN", "1")
-        .output()
-        .expect("unshare (util-linux)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("test result: ok. 1 passed"),
-        "{name} without udmabuf and dma-heaps:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rerun_in_mount_namespace(name, script, "VMEM_UDMABUF_HIDDEN");
     false
 }
 

@@ -97,7 +97,8 @@ impl Backend for VmemexpPool {
     fn export(&self, memfd: BorrowedFd<'_>, size: u64) -> Result<OwnedFd, Refusal> {
         let refused =
             |e: kernel::Error| Refusal::Pin(format!("vmemexp refused the pool's memfd: {e}"));
-        let len = usize::try_from(size).map_err(|_| refused(kernel::Error::Empty))?;
+        let len = usize::try_from(size)
+            .map_err(|_| Refusal::Pin(format!("{size} bytes overflow the address space")))?;
         // SAFETY: the mapping is only handed to vmemexp, never read or written from here.
         let map = unsafe { kernel::Mapping::new(memfd, 0, len, true) }.map_err(refused)?;
         // SAFETY: read-only exports of pool memory that only consumers import; no Rust

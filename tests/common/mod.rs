@@ -583,3 +583,22 @@ pub fn gst_launch_as_nobody(desc: &str, memlock_kib: u32, group: Option<u32>) ->
     );
     (out.status.success(), text)
 }
+
+/// Runs test `name` of this binary again in a child whose mount namespace `script` (sh, run as
+/// root by `unshare -m`, ending in `exec "$0" "$@"`) has changed, with `marker` set in its
+/// environment, and asserts that it passed there. For tests whose checks need devices hidden.
+pub fn rerun_in_mount_namespace(name: &str, script: &str, marker: &str) {
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", script])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--include-ignored", "--test-threads=1"])
+        .env(marker, "1")
+        .output()
+        .expect("unshare (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("test result: ok. 1 passed"),
+        "{name} in a mount namespace of its own (needs root for unshare -m):\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -48,8 +48,8 @@ impl VmemExport {
         let name = format!("vmemexport:{}", self.obj().name());
         // What exports the memfd pool: udmabuf, else vmemexp (Debian 12's kernel has neither
         // udmabuf nor dma-heaps), and why neither does, for the error if no heap can stand in.
-        let mut udmabuf_why = String::new();
-        let udmabuf = match settings.backing {
+        let mut pool_why = String::new();
+        let pool_exporter = match settings.backing {
             Backing::Heap => None,
             Backing::Memfd | Backing::Auto => match settings.devices.udmabuf() {
                 Ok(u) => Some(u),
@@ -78,13 +78,13 @@ impl VmemExport {
                             imp = self,
                             "no udmabuf ({e}) nor vmemexp ({why}), trying dma-heaps"
                         );
-                        udmabuf_why = format!("{e}; {why}; and ");
+                        pool_why = format!("{e}; {why}; and ");
                         None
                     }
                 },
             },
         };
-        let backing = match (settings.backing, &udmabuf) {
+        let backing = match (settings.backing, &pool_exporter) {
             (Backing::Heap, _) | (Backing::Auto, None) => Backing::Heap,
             _ => Backing::Memfd,
         };
@@ -98,7 +98,7 @@ impl VmemExport {
             Err(e) if backing == Backing::Heap => {
                 return Err(gst::error_msg!(
                     gst::ResourceError::OpenReadWrite,
-                    ("No way to make dma-bufs: {udmabuf_why}{e}")
+                    ("No way to make dma-bufs: {pool_why}{e}")
                 ));
             }
             Err(e) => {
@@ -132,7 +132,7 @@ impl VmemExport {
         Ok(State {
             backing,
             exporter: Arc::new(Exporter::new(
-                udmabuf.unwrap_or_else(|| Box::new(HeapPool)),
+                pool_exporter.unwrap_or_else(|| Box::new(HeapPool)),
                 vmemexp,
                 name,
             )),
