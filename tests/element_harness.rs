@@ -608,9 +608,12 @@ fn stats_add_up_and_list_every_documented_field() {
             "copies",
             "bytes-copied",
             "syncs",
-            "copy-reasons"
+            "copy-reasons",
+            "contiguous-for"
         ]
     );
+    // The harness has no device downstream: nothing needs contiguous memory.
+    assert_eq!(s.get::<String>("contiguous-for").unwrap(), "");
     let n = |f: &str| s.get::<u64>(f).unwrap();
     assert_eq!(n("frames"), 5);
     assert_eq!(n("passthrough"), 1);
@@ -635,7 +638,8 @@ fn stats_add_up_and_list_every_documented_field() {
             "udmabuf",
             "no-exporter",
             "metadata",
-            "layout"
+            "layout",
+            "needs-contiguous"
         ]
     );
     let total: u64 = reason_names

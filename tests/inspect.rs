@@ -45,6 +45,7 @@ const VMEMEXPORT_STATS: &[&str] = &[
     "bytes-copied",
     "syncs",
     "copy-reasons",
+    "contiguous-for",
 ];
 
 const DMABUFSINK: &[Property] = &[

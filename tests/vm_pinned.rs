@@ -417,6 +417,91 @@ fn unaligned_frames_are_copied_for_v4l2_with_the_reason() {
     assert!(through == reference, "the copies carry the frames");
 }
 
+/// Page-aligned application frames through `vmemexport ! v4l2sink io-mode=dmabuf-import` into
+/// vivid's output instance `n`: vmemexport's stats, the warnings, and each arriving frame's
+/// exporter and pixel checksum.
+fn into_vivid(
+    n: u32,
+    info: &gst_video::VideoInfo,
+    buffers: Vec<gst::Buffer>,
+) -> (gst::Element, RunResult, Vec<(Option<String>, u64)>) {
+    let dev = v4l2_node("vivid", &format!("vivid-00{n}-vid-out"));
+    let status = std::process::Command::new("v4l2-ctl")
+        .args(["-d", &dev, "--set-output=1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pipeline = launch(&format!(
+        "appsrc name=src ! vmemexport name=v ! \
+         v4l2sink name=sink device={dev} io-mode=dmabuf-import sync=false"
+    ));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let frame_info = info.clone();
+    element(&pipeline, "sink")
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, probe| {
+            if let Some(buffer) = probe.buffer() {
+                let exporter = gstvmem::memory::dmabuf_fd(buffer.peek_memory(0))
+                    .and_then(kernel::dmabuf_exporter);
+                let sum = checksum(&normalized_frame(buffer, &frame_info));
+                store.lock().unwrap().push((exporter, sum));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    let result = push_and_run(&pipeline, info, buffers);
+    let seen = seen.lock().unwrap().clone();
+    (element(&pipeline, "v"), result, seen)
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn pinned_frames_are_copied_into_cma_for_a_contiguous_only_device() {
+    // Frames vmemexp would pin (page-aligned application memory) are scattered pages: vivid
+    // instance 0 (vmalloc) imports them pinned; instance 1 (dma-contig, like a device without
+    // an IOMMU) gets copies in the CMA heap, counted as needs-contiguous.
+    init();
+    let frames = 4;
+    let info = video_info(gst_video::VideoFormat::Yuy2, 1280, 720);
+    let (buffers, _, expected) = app_frames(Alloc::PageAligned, &info, frames);
+    let (v, result, seen) = into_vivid(0, &info, buffers);
+    assert_eq!(result.error, None);
+    assert_pinned_zero_copy(&v, frames as u64);
+    assert!(
+        seen.iter().all(|(e, _)| e.as_deref() == Some("vmemexp")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.iter().map(|(_, s)| *s).collect::<Vec<_>>(), expected);
+
+    let (buffers, _, expected) = app_frames(Alloc::PageAligned, &info, frames);
+    let (v, result, seen) = into_vivid(1, &info, buffers);
+    assert_eq!(result.error, None);
+    let stats = v.property::<gst::Structure>("stats");
+    assert_eq!(stat(&v, "copies"), frames as u64, "{stats}");
+    assert_eq!(
+        stat(&v, "pinned-exports"),
+        0,
+        "nothing pinned in vain: {stats}"
+    );
+    assert_eq!(
+        copy_reasons(&v).get::<u64>("needs-contiguous").unwrap(),
+        frames as u64,
+        "{stats}"
+    );
+    assert_eq!(result.warnings.len(), 1, "{:?}", result.warnings);
+    assert!(
+        result.warnings[0].contains("only physically contiguous memory"),
+        "{:?}",
+        result.warnings
+    );
+    assert!(
+        seen.iter().all(|(e, _)| e.as_deref() == Some("reserved")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.iter().map(|(_, s)| *s).collect::<Vec<_>>(), expected);
+}
+
 const H264_FILE_TO_AVDEC: &str = "x264enc speed-preset=ultrafast ! h264parse ! video/x-h264,stream-format=byte-stream | h264parse ! avdec_h264";
 
 /// The pipeline description of `decoder` ("ENCODER | DECODER" for a stream encoded once into a

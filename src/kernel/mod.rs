@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The kernel interfaces this project drives, as one thin layer of safe wrappers: memfd and
-//! seals, udmabuf, vmemexp, dma-heaps, dma-buf (sync, name, mmap), DRM PRIME import, fd passing and
-//! socket peer credentials.
+//! seals, udmabuf, vmemexp, dma-heaps, dma-buf (sync, name, mmap), DRM PRIME import, a V4L2 queue's
+//! import trial, fd passing and socket peer credentials.
 //!
 //! Nothing outside this module issues a raw `ioctl`. Every fd it creates is `O_CLOEXEC`.
 //! Errors are typed and their text says what to do about them.
@@ -14,6 +14,7 @@ mod memfd;
 mod mmap;
 mod peer;
 mod udmabuf;
+mod v4l2;
 mod vmemexp;
 
 use std::io;
@@ -31,6 +32,7 @@ pub use self::memfd::Memfd;
 pub use self::mmap::Mapping;
 pub use self::peer::{PeerCred, group_id, peer_credentials, peer_groups};
 pub use self::udmabuf::{UDMABUF_PATH, Udmabuf, UdmabufLimits, UdmabufRange};
+pub use self::v4l2::{ImportTrial, output_import_trial};
 pub use self::vmemexp::{PinAccess, VMEMEXP_PATH, Vmemexp, is_vmemexp_dmabuf};
 
 /// What went wrong talking to the kernel, phrased for the person who has to fix it.

@@ -242,6 +242,24 @@ impl Udmabuf {
         self.ioctl(UDMABUF_CREATE_LIST, base.cast())
     }
 
+    /// A dma-buf of at least `size` bytes whose pages are never physically contiguous: one
+    /// memfd's pages listed twice, so that its last page is followed by its first. A trial
+    /// buffer for importers that may need contiguous memory (see [`super::output_import_trial`]);
+    /// it costs half its size in memory.
+    pub fn scattered(&self, size: u64) -> Result<OwnedFd> {
+        let half = super::page_align(size.div_ceil(2).max(1)).ok_or(Error::TooLarge {
+            size,
+            limit_mb: self.limits.size_limit >> 20,
+        })?;
+        let memfd = super::Memfd::new("vmem-contiguity-trial", half)?;
+        let range = UdmabufRange {
+            memfd: memfd.as_fd(),
+            offset: 0,
+            size: half,
+        };
+        self.create_list(&[range, range])
+    }
+
     /// `create` without this layer's checks, so tests can show the kernel enforces the same
     /// rules.
     #[doc(hidden)]

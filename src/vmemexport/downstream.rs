@@ -11,5 +11,17 @@ use super::walk;
 pub fn zero_offset_consumer(src: &gst::Pad) -> Option<String> {
     // Device-specific V4L2 elements (v4l2fwhtenc, v4l2video0h264enc) are subclasses of
     // GstV4l2VideoEnc, GstV4l2VideoDec, GstV4l2Transform...
-    walk::find_kind_beyond(src, |t| t.starts_with("GstV4l2"))
+    walk::find_beyond(src, |element| {
+        crate::quirks::is_v4l2(element).then(|| walk::describe(element))
+    })
+}
+
+/// Every element downstream of `src` (through forwarders, into every branch of a tee) that
+/// imports the dma-bufs it receives into a V4L2 device's output queue, with that device's
+/// node. Whether the device can import scattered pages is the kernel's to answer
+/// ([`crate::kernel::output_import_trial`]).
+pub fn v4l2_importers(src: &gst::Pad) -> Vec<(String, std::path::PathBuf)> {
+    walk::collect_beyond(src, |element| {
+        crate::quirks::v4l2_import_device(element).map(|dev| (walk::describe(element), dev))
+    })
 }

@@ -29,11 +29,12 @@ pub enum CopyReason {
     NoExporter,
     Metadata,
     Layout,
+    NeedsContiguous,
 }
 
 impl CopyReason {
     /// In discriminant order: `Stats` indexes its counters by `reason as usize`.
-    pub const ALL: [CopyReason; 9] = [
+    pub const ALL: [CopyReason; 10] = [
         CopyReason::MemoryCount,
         CopyReason::ForeignMemory,
         CopyReason::PinRefused,
@@ -43,6 +44,7 @@ impl CopyReason {
         CopyReason::NoExporter,
         CopyReason::Metadata,
         CopyReason::Layout,
+        CopyReason::NeedsContiguous,
     ];
 
     pub fn nick(self) -> &'static str {
@@ -56,6 +58,7 @@ impl CopyReason {
             CopyReason::NoExporter => "no-exporter",
             CopyReason::Metadata => "metadata",
             CopyReason::Layout => "layout",
+            CopyReason::NeedsContiguous => "needs-contiguous",
         }
     }
 }
@@ -89,6 +92,9 @@ pub enum Refusal {
         layout: String,
         natural: String,
     },
+    /// Downstream imports only physically contiguous memory (no IOMMU), and this frame's pages
+    /// are not (pinned or foreign memory, or the udmabuf pool).
+    NeedsContiguous { consumer: String },
 }
 
 impl Refusal {
@@ -103,6 +109,7 @@ impl Refusal {
             Refusal::NoExporter => CopyReason::NoExporter,
             Refusal::Metadata(_) => CopyReason::Metadata,
             Refusal::Layout { .. } => CopyReason::Layout,
+            Refusal::NeedsContiguous { .. } => CopyReason::NeedsContiguous,
         }
     }
 }
@@ -152,6 +159,12 @@ impl std::fmt::Display for Refusal {
                 "{consumer} reads frames in their natural layout ({natural}: single-planar V4L2 \
                  finds the planes from bytesperline and height), and this frame has {layout}; \
                  frames written into the pool vmemexport proposes have the natural layout"
+            ),
+            Refusal::NeedsContiguous { consumer } => write!(
+                f,
+                "{consumer} imports only physically contiguous memory (its device refused a \
+                 scattered dma-buf), and this frame's pages are scattered; frames written into \
+                 the CMA pool vmemexport proposes need no copy"
             ),
         }
     }

@@ -68,6 +68,17 @@ pub fn find_beyond<T>(pad: &gst::Pad, found: impl Fn(&gst::Element) -> Option<T>
     None
 }
 
+/// Every answer `found` has for the elements beyond `pad` (see [`find_beyond`]): all the
+/// branches of a tee, for instance.
+pub fn collect_beyond<T>(pad: &gst::Pad, found: impl Fn(&gst::Element) -> Option<T>) -> Vec<T> {
+    let answers = std::cell::RefCell::new(Vec::new());
+    find_beyond(pad, |element| {
+        answers.borrow_mut().extend(found(element));
+        None::<()>
+    });
+    answers.into_inner()
+}
+
 /// `element` as the walks name it: "name (GType)".
 pub fn describe(element: &gst::Element) -> String {
     format!("{} ({})", element.name(), element.type_().name())

@@ -2,12 +2,14 @@
 //! The backing choice: what `start` resolves `backing`, `heap` and `pin-system-memory` into,
 //! and the allocators and pools made from it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+use gst_base::prelude::*;
 
 use super::{CAT, Settings, VmemExport};
 use crate::heapalloc::{DmaHeapAllocator, HeapSelection};
@@ -40,6 +42,12 @@ pub(super) struct State {
     /// Every memfd allocator made for this run: each keeps released memories for reuse until
     /// flushed at stop.
     pub(super) allocators: Vec<MemfdAllocator>,
+    /// The consumer downstream that imports only physically contiguous memory, if any: its
+    /// frames come from the CMA heap, or are copied there.
+    pub(super) contiguous_for: Option<String>,
+    /// What each V4L2 device's import trial answered (true: contiguous memory only), so that
+    /// a renegotiation does not ask again while the device streams.
+    pub(super) contiguity: HashMap<PathBuf, bool>,
 }
 
 impl VmemExport {
@@ -144,7 +152,127 @@ impl VmemExport {
             proposed: None,
             natural_for: None,
             allocators: Vec::new(),
+            contiguous_for: None,
+            contiguity: HashMap::new(),
         })
+    }
+
+    /// With `backing=auto`, the first consumer downstream (in any branch) whose device imports
+    /// only physically contiguous memory. Each V4L2 device that imports vmemexport's dma-bufs
+    /// is asked once, with a scattered trial buffer on its idle output queue
+    /// ([`kernel::output_import_trial`]). This opens devices and allocates: call it without the
+    /// state lock.
+    pub(super) fn contiguous_consumer(&self, settings: &Settings) -> Option<String> {
+        if settings.backing != Backing::Auto {
+            return None;
+        }
+        for (consumer, device) in
+            crate::vmemexport::downstream::v4l2_importers(self.obj().src_pad())
+        {
+            let known = self
+                .state
+                .lock()
+                .unwrap()
+                .as_ref()
+                .and_then(|s| s.contiguity.get(&device).copied());
+            let contiguous_only = match known {
+                Some(answer) => answer,
+                None => {
+                    let answer = self.import_trial(&consumer, &device);
+                    if let Some(state) = self.state.lock().unwrap().as_mut() {
+                        state.contiguity.insert(device.clone(), answer);
+                    }
+                    answer
+                }
+            };
+            if contiguous_only {
+                return Some(consumer);
+            }
+        }
+        None
+    }
+
+    /// Whether `device` (the V4L2 node of `consumer`) refuses scattered pages.
+    fn import_trial(&self, consumer: &str, device: &std::path::Path) -> bool {
+        let trial = kernel::Udmabuf::open()
+            .and_then(|u| kernel::output_import_trial(device, |size| u.scattered(size)));
+        match trial {
+            Ok(kernel::ImportTrial::ContiguousOnly) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "{consumer}: {} refused a scattered dma-buf: it imports only contiguous \
+                     memory, so its frames come from the CMA heap",
+                    device.display()
+                );
+                true
+            }
+            Ok(kernel::ImportTrial::Scattered) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "{consumer}: {} imports scattered pages",
+                    device.display()
+                );
+                false
+            }
+            Ok(kernel::ImportTrial::Unknown(why)) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "{consumer}: cannot tell whether {} needs contiguous memory ({why}): \
+                     assuming it does not",
+                    device.display()
+                );
+                false
+            }
+            Err(e) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "{consumer}: no import trial on {} ({e}): assuming scattered pages do",
+                    device.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// The CMA heap allocator for frames of `size` bytes for `consumer`, which imports only
+    /// contiguous memory; checked by allocating the frames the pipeline holds at once
+    /// ([`CMA_FRAMES`]), so that a CMA area too small is an error before any frame flows,
+    /// naming the `cma=` size that would do. It allocates: call it without the state lock.
+    pub(super) fn contiguous_allocator(
+        &self,
+        heap: Option<&DmaHeapAllocator>,
+        consumer: &str,
+        size: usize,
+    ) -> Result<DmaHeapAllocator, gst::ErrorMessage> {
+        let Some(heap) = heap.filter(|h| h.is_contiguous().unwrap_or(false)) else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                (
+                    "{consumer} imports only physically contiguous memory, and no CMA heap is \
+                     available (heap={}): reserve a CMA area (cma={}M on the kernel command \
+                     line) and enable CONFIG_DMABUF_HEAPS_CMA",
+                    self.settings().heap,
+                    cma_megabytes_for(size, 0)
+                )
+            ));
+        };
+        heap.check_capacity_for(size, CMA_FRAMES).map_err(|e| {
+            let used = cma_in_use();
+            gst::error_msg!(
+                gst::ResourceError::NoSpaceLeft,
+                (
+                    "{consumer} imports only physically contiguous memory, and the CMA heap \
+                     cannot hold {CMA_FRAMES} frames of {size} bytes: {e}; boot with cma={}M \
+                     or more",
+                    cma_megabytes_for(size, used)
+                )
+            )
+        })?;
+        Ok(heap.clone())
     }
 
     /// A video pool of `info` frames whose memory comes from `allocator`, one memory per buffer.
@@ -219,4 +347,31 @@ impl VmemExport {
         }
         Some(heap.clone().upcast())
     }
+}
+
+/// Frames a pipeline holds at once in a contiguous-only consumer's pool: the V4L2 queue's
+/// two, one being written and one on its way.
+pub(super) const CMA_FRAMES: usize = 4;
+
+/// Bytes of the CMA area in use now (`CmaTotal - CmaFree` in /proc/meminfo), 0 if unknown.
+fn cma_in_use() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    match (field("CmaTotal:"), field("CmaFree:")) {
+        (Some(total), Some(free)) => total.saturating_sub(free),
+        _ => 0,
+    }
+}
+
+/// The CMA area, in MiB, that holds [`CMA_FRAMES`] frames of `size` bytes beside `used` bytes
+/// in use.
+fn cma_megabytes_for(size: usize, used: u64) -> u64 {
+    let frame = kernel::page_align(size as u64).unwrap_or(size as u64);
+    (used + frame * CMA_FRAMES as u64).div_ceil(1 << 20)
 }

@@ -17,7 +17,7 @@ impl VmemExport {
         &self,
         notices: &mut Notices,
     ) -> Result<(gst::BufferPool, gst_video::VideoInfo), gst::FlowError> {
-        let (info, fits, heap) = {
+        let (info, fits, heap, contiguous_for) = {
             let guard = self.state.lock().unwrap();
             let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
             let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
@@ -29,10 +29,26 @@ impl VmemExport {
                 .exporter
                 .size_limit()
                 .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
-            (info, fits, state.heap_allocator.clone())
+            (
+                info,
+                fits,
+                state.heap_allocator.clone(),
+                state.contiguous_for.clone(),
+            )
         };
-        let memfd = fits.then(|| MemfdAllocator::new(self.obj().upcast_ref()));
-        let allocator: gst::Allocator = if let Some(memfd) = &memfd {
+        // A consumer that imports only contiguous memory gets copies in the CMA heap.
+        let contiguous = match &contiguous_for {
+            Some(consumer) => Some(
+                self.contiguous_allocator(heap.as_ref(), consumer, info.size())
+                    .map_err(|e| notices.error(e))?,
+            ),
+            None => None,
+        };
+        let memfd =
+            (fits && contiguous.is_none()).then(|| MemfdAllocator::new(self.obj().upcast_ref()));
+        let allocator: gst::Allocator = if let Some(cma) = contiguous {
+            cma.upcast()
+        } else if let Some(memfd) = &memfd {
             memfd.clone().upcast()
         } else if let Some(heap) = heap.and_then(|h| self.oversize_heap(&h, info.size())) {
             heap

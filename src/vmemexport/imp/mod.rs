@@ -107,6 +107,9 @@ pub struct VmemExport {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
+    /// The consumer that imports only contiguous memory, as the last negotiation found it
+    /// (`stats`' contiguous-for: kept after stop, like the counters).
+    contiguous_for: Mutex<String>,
 }
 
 impl VmemExport {
@@ -186,7 +189,8 @@ impl ObjectImpl for VmemExport {
                     .blurb(
                         "frames, exported (new dma-bufs), pinned-exports (of those, made \
                          through /dev/vmemexp), export-cache-hits, passthrough, copies, \
-                         bytes-copied, syncs, copy-reasons (copies by reason)",
+                         bytes-copied, syncs, copy-reasons (copies by reason), contiguous-for \
+                         (the consumer that imports only contiguous memory, if any)",
                     )
                     .read_only()
                     .build(),
@@ -215,7 +219,12 @@ impl ObjectImpl for VmemExport {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            return self.stats.lock().unwrap().to_structure().to_value();
+            let mut stats = self.stats.lock().unwrap().to_structure();
+            stats.set(
+                "contiguous-for",
+                self.contiguous_for.lock().unwrap().clone(),
+            );
+            return stats.to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
@@ -286,6 +295,7 @@ impl BaseTransformImpl for VmemExport {
         let state = self.open_backing(&settings)?;
         *self.state.lock().unwrap() = Some(state);
         *self.stats.lock().unwrap() = Stats::default();
+        self.contiguous_for.lock().unwrap().clear();
         Ok(())
     }
 
@@ -435,31 +445,56 @@ impl BaseTransformImpl for VmemExport {
         // An upstream that imports dma-bufs into a device gets a pool of dma-bufs (upstream.rs).
         let importer = upstream::dmabuf_importer(self.obj().sink_pad());
         let own_frames = upstream::own_frame_decoder(self.obj().sink_pad());
+        // A consumer that imports only contiguous memory gets frames from the CMA heap
+        // (backing.rs); finding out may open its device: before the lock is taken.
+        let contiguous_for = self.contiguous_consumer(&settings);
+        *self.contiguous_for.lock().unwrap() = contiguous_for.clone().unwrap_or_default();
         // What the proposal needs from the state, taken out: opening udmabuf for an importer,
         // the heap's trial allocation and the error message all happen without the lock (an
         // application's sync bus handler runs in this thread and may stop the element).
         let (backing, heap_allocator, reused) = {
-            let state = self.state.lock().unwrap();
+            let mut state = self.state.lock().unwrap();
             let state = state
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
-            let dmabufs = importer.is_some() && state.backing != Backing::Heap;
+            state.contiguous_for = contiguous_for.clone();
+            let kind = if contiguous_for.is_some() || state.backing == Backing::Heap {
+                PoolKind::Heap
+            } else if importer.is_some() {
+                PoolKind::Udmabuf
+            } else {
+                PoolKind::Memfd
+            };
             // The allocator of the pool proposed for these caps, so that the configuration a
             // decoder sets again on that pool is the one it set before.
             let reused = state
                 .proposed
                 .as_ref()
                 .filter(|(proposed, _, a)| {
-                    *proposed == caps
-                        && state.natural_for == natural_for
-                        && a.is::<UdmabufAllocator>() == dmabufs
+                    *proposed == caps && state.natural_for == natural_for && PoolKind::of(a) == kind
                 })
                 .map(|(_, pool, allocator)| (pool.clone(), allocator.clone()));
             (state.backing, state.heap_allocator.clone(), reused)
         };
-        let Some(allocator) = reused.as_ref().map(|(_, a)| a.clone()).or_else(|| {
-            self.zero_copy_allocator(backing, heap_allocator.as_ref(), importer.as_deref())
-        }) else {
+        let allocator = match (&reused, &contiguous_for) {
+            (Some((_, a)), _) => Some(a.clone()),
+            (None, Some(consumer)) => {
+                match self.contiguous_allocator(heap_allocator.as_ref(), consumer, info.size()) {
+                    Ok(a) => Some(a.upcast()),
+                    Err(error) => {
+                        self.post_error_message(error);
+                        return Err(gst::loggable_error!(
+                            CAT,
+                            "no contiguous memory for {consumer}"
+                        ));
+                    }
+                }
+            }
+            (None, None) => {
+                self.zero_copy_allocator(backing, heap_allocator.as_ref(), importer.as_deref())
+            }
+        };
+        let Some(allocator) = allocator else {
             return Ok(());
         };
         if let Some(heap) = heap_allocator.as_ref().filter(|_| backing == Backing::Heap)
@@ -517,8 +552,10 @@ impl BaseTransformImpl for VmemExport {
         gst::debug!(
             CAT,
             imp = self,
-            "proposed {:?} pool for {caps}, natural layout for {}, no VideoMeta for {}",
-            backing,
+            "proposed {:?} pool for {caps}, contiguous for {}, natural layout for {}, no \
+             VideoMeta for {}",
+            PoolKind::of(&allocator),
+            contiguous_for.as_deref().unwrap_or("nobody"),
             natural_for.as_deref().unwrap_or("nobody"),
             own_frames.as_deref().unwrap_or("nobody")
         );
@@ -556,8 +593,13 @@ impl BaseTransformImpl for VmemExport {
             "frames at offset 0 needed by: {}",
             consumer.as_deref().unwrap_or("nobody")
         );
+        // And whether it imports only contiguous memory: pinned and foreign frames are then
+        // copied into the CMA heap (the frames of the proposed pool already are there).
+        let contiguous_for = self.contiguous_consumer(&self.settings());
+        *self.contiguous_for.lock().unwrap() = contiguous_for.clone().unwrap_or_default();
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.zero_offset_for = consumer;
+            state.contiguous_for = contiguous_for;
         }
         Ok(())
     }
@@ -612,6 +654,29 @@ impl BaseTransformImpl for VmemExport {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         // All the work is in prepare_output_buffer: the output shares the input's pages.
         Ok(gst::FlowSuccess::Ok)
+    }
+}
+
+/// Which memory a proposed pool hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolKind {
+    /// dma-heap buffers (backing=heap, or a contiguous-only consumer's CMA).
+    Heap,
+    /// udmabuf exports, for an upstream that imports the buffers into a device.
+    Udmabuf,
+    /// memfd pages, exported once they leave.
+    Memfd,
+}
+
+impl PoolKind {
+    fn of(allocator: &gst::Allocator) -> PoolKind {
+        if allocator.is::<crate::heapalloc::DmaHeapAllocator>() {
+            PoolKind::Heap
+        } else if allocator.is::<UdmabufAllocator>() {
+            PoolKind::Udmabuf
+        } else {
+            PoolKind::Memfd
+        }
     }
 }
 

@@ -22,6 +22,7 @@ struct Target {
     exporter: Arc<Exporter>,
     info: Option<gst_video::VideoInfo>,
     zero_offset_for: Option<String>,
+    contiguous_for: Option<String>,
 }
 
 impl VmemExport {
@@ -35,6 +36,13 @@ impl VmemExport {
         timing: &gst::BufferRef,
         stats: &mut Stats,
     ) -> Result<gst::Buffer, Refusal> {
+        if let Some(consumer) = &target.contiguous_for
+            && !crate::memory::is_all_dmabuf(source)
+        {
+            return Err(Refusal::NeedsContiguous {
+                consumer: consumer.clone(),
+            });
+        }
         if let (Some(consumer), Some(info)) = (&target.zero_offset_for, &target.info)
             && let Some(refusal) = layout::natural_layout_refusal(source, info, consumer)
         {
@@ -113,6 +121,7 @@ impl VmemExport {
                 exporter: state.exporter.clone(),
                 info: state.in_info.clone(),
                 zero_offset_for: state.zero_offset_for.clone(),
+                contiguous_for: state.contiguous_for.clone(),
             }
         };
         let source = crate::memory::buffer_ref(inbuf);
