@@ -5,6 +5,7 @@
 mod common;
 
 use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use gst::prelude::*;
@@ -222,6 +223,88 @@ fn kmssink_shows_the_producers_pixels() {
     ));
     assert_eq!(reference.len(), 8);
     assert_eq!(through, reference);
+}
+
+/// Whether kmssink on vkms offers NV12 on its sink: vkms's planes take YUV (NV12/16/24,
+/// YUV420/422/444 and their swaps) from kernel 7.x on, RGB only before (6.12: XRGB8888,
+/// ARGB8888, ...).
+fn vkms_planes_take_yuv() -> bool {
+    let sink = gst::ElementFactory::make("kmssink")
+        .property("driver-name", "vkms")
+        .build()
+        .unwrap();
+    sink.set_state(gst::State::Ready).unwrap();
+    let caps = sink.static_pad("sink").unwrap().query_caps(None);
+    sink.set_state(gst::State::Null).unwrap();
+    caps.to_string().contains("NV12")
+}
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn decoded_yuv_reaches_the_display_without_conversion_where_planes_take_it() {
+    // A decoder's I420 goes straight to a vkms plane where the kernel's vkms takes YUV (7.x):
+    // no videoconvert, no copy, the decoder's own pages on screen (scan-out proof) with its
+    // pixels (read back from the scanned-out framebuffer). Where vkms takes RGB only (6.12),
+    // the same pipelines go through videoconvert to BGRx, just as zero-copy after it.
+    init();
+    let yuv = vkms_planes_take_yuv();
+    let frames = 10;
+    let caps = "video/x-raw,format=I420,width=640,height=480";
+    let (convert, format) = if yuv {
+        ("", gst_video::VideoFormat::I420)
+    } else {
+        (
+            "videoconvert ! video/x-raw,format=BGRx !",
+            gst_video::VideoFormat::Bgrx,
+        )
+    };
+    for (tag, encode, decode) in [
+        (
+            "yuv-avdec-h264",
+            "x264enc speed-preset=ultrafast ! h264parse ! video/x-h264,stream-format=byte-stream",
+            "h264parse ! avdec_h264",
+        ),
+        (
+            "yuv-vp9dec",
+            "vp9enc deadline=1 ! webmmux",
+            "matroskademux ! vp9dec",
+        ),
+    ] {
+        let src = encoded_source(tag, caps, encode, frames);
+        let reference = frame_checksums(&format!(
+            "{src} ! {decode} ! {convert} appsink name=out sync=false"
+        ));
+        assert_eq!(reference.len(), frames, "{tag}: decoded frames");
+        let pipeline = launch(&format!(
+            "{src} ! {decode} ! {convert} vmemexport name=v ! \
+             kmssink name=k driver-name=vkms sync=false"
+        ));
+        let proof = ScanoutProof::install(&pipeline, "k");
+        let seen_caps = Arc::new(Mutex::new(None));
+        let store = seen_caps.clone();
+        element(&pipeline, "k")
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+                *store.lock().unwrap() = pad.current_caps();
+                gst::PadProbeReturn::Ok
+            });
+        run(&pipeline);
+        proof.assert_on_screen(tag);
+        assert_eq!(
+            proof.pixels_on_screen(tag),
+            *reference.last().unwrap(),
+            "{tag}: the decoder's last frame is what the display shows"
+        );
+        assert_zero_copy(&element(&pipeline, "v"), frames as u64);
+        let seen_caps = seen_caps
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("kmssink got frames");
+        let (info, _) = gstvmem::formats::video_info_from_caps(&seen_caps).unwrap();
+        assert_eq!(info.format(), format, "{tag}: {seen_caps}");
+    }
 }
 
 fn fwht(desc_in: &str, caps: &str, frames: u32, export: bool) -> Vec<Vec<u8>> {

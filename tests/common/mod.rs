@@ -5,6 +5,7 @@
 
 pub mod weston;
 
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -424,6 +425,8 @@ pub struct ScanoutProof(Arc<Mutex<ScanoutSeen>>);
 pub struct ScanoutSeen {
     received: std::collections::HashSet<u64>,
     on_screen: Option<Result<u64, String>>,
+    /// The checksum of the visible pixels on screen at EOS ([`scanout_checksum`]).
+    pixels: Option<Result<u64, String>>,
 }
 
 impl ScanoutProof {
@@ -449,6 +452,7 @@ impl ScanoutProof {
                         && e.type_() == gst::EventType::Eos
                     {
                         seen.on_screen = Some(scanout_inode("vkms"));
+                        seen.pixels = Some(scanout_checksum("vkms"));
                     }
                     gst::PadProbeReturn::Ok
                 },
@@ -479,6 +483,56 @@ impl ScanoutProof {
             seen.received.len()
         );
     }
+}
+
+impl ScanoutProof {
+    /// The checksum ([`normalized_frame`]) of the pixels on screen at EOS, read back from the
+    /// scanned-out framebuffer; panics if it could not be read.
+    pub fn pixels_on_screen(&self, what: &str) -> u64 {
+        match &self.0.lock().unwrap().pixels {
+            Some(Ok(sum)) => *sum,
+            Some(Err(e)) => panic!("{what}: cannot read the scanout's pixels: {e}"),
+            None => panic!("{what}: EOS never reached the display"),
+        }
+    }
+}
+
+/// The checksum of the visible pixels the first active CRTC of DRM driver `driver` scans
+/// out: the framebuffer's dma-buf read back through its own layout (GETFB2's format, pitches
+/// and offsets), unpacked like [`normalized_frame`] so that it compares with a frame's.
+pub fn scanout_checksum(driver: &str) -> Result<u64, String> {
+    use gstvmem::kernel;
+    let node =
+        kernel::DrmNode::open_driver(driver, kernel::DrmUse::Kms).map_err(|e| e.to_string())?;
+    let (fd, fb) = node.scanout_dmabuf().map_err(|e| e.to_string())?;
+    let fourcc = fb.pixel_format() as u32;
+    let format = gstvmem::formats::formats()
+        .find(|f| gstvmem::formats::drm_fourcc(*f) == Some(fourcc))
+        .ok_or_else(|| format!("no GStreamer format for fourcc {fourcc:#x}"))?;
+    let (width, height) = fb.size();
+    let info = gst_video::VideoInfo::builder(format, width, height)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let dmabuf = kernel::DmaBuf::new(fd.as_fd()).map_err(|e| e.to_string())?;
+    let size = kernel::dmabuf_size(dmabuf).map_err(|e| e.to_string())? as usize;
+    // SAFETY: a read-only shared mapping of a dma-buf this function owns, dropped here.
+    let map = unsafe { kernel::Mapping::new(&fd, 0, size, false) }.map_err(|e| e.to_string())?;
+    let bytes = map.as_slice().to_vec();
+    let n = info.n_planes() as usize;
+    let offsets: Vec<usize> = fb.offsets()[..n].iter().map(|&o| o as usize).collect();
+    let strides: Vec<i32> = fb.pitches()[..n].iter().map(|&p| p as i32).collect();
+    let mut buffer = gst::Buffer::from_mut_slice(bytes);
+    gst_video::VideoMeta::add_full(
+        buffer.get_mut().unwrap(),
+        gst_video::VideoFrameFlags::empty(),
+        format,
+        width,
+        height,
+        &offsets,
+        &strides,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(checksum(&normalized_frame(&buffer, &info)))
 }
 
 /// The inode of the dma-buf the first active CRTC of DRM driver `driver` scans out.
