@@ -16,7 +16,7 @@ mod frame;
 pub mod heapalloc;
 pub mod kernel;
 pub mod memory;
-mod quirks;
+pub mod quirks;
 pub mod vmemexport;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -1,23 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The walk from vmemexport to the elements beyond its neighbours: through elements that pass
-//! buffers on as they are (queues, tees, capsfilters...) and into and out of bins, up to the
+//! buffers on as they are (queues, tees, capsfilters...: the quirks module's forwarders) and into and out of bins, up to the
 //! element that produces or consumes vmemexport's memory.
 
 use gst::prelude::*;
-
-/// Elements that hand the very buffers they receive to their other side: the elements behind
-/// them see (or fill) vmemexport's memory.
-const FORWARDERS: &[&str] = &[
-    "GstQueue",
-    "GstQueue2",
-    "GstMultiQueue",
-    "GstTee",
-    "GstCapsFilter",
-    "GstIdentity",
-    "GstValve",
-    "GstInputSelector",
-    "GstOutputSelector",
-];
 
 /// How deep the walk goes through forwarders and bins before giving up.
 const MAX_HOPS: usize = 32;
@@ -54,7 +40,7 @@ pub fn find_beyond<T>(pad: &gst::Pad, found: impl Fn(&gst::Element) -> Option<T>
         if let Some(answer) = found(&element) {
             return Some(answer);
         }
-        if FORWARDERS.contains(&element.type_().name()) {
+        if crate::quirks::forwards_buffers(&element) {
             let beyond = if downstream {
                 element.src_pads()
             } else {
@@ -82,15 +68,4 @@ pub fn collect_beyond<T>(pad: &gst::Pad, found: impl Fn(&gst::Element) -> Option
 /// `element` as the walks name it: "name (GType)".
 pub fn describe(element: &gst::Element) -> String {
     format!("{} ({})", element.name(), element.type_().name())
-}
-
-/// The first element beyond `pad` (see [`find_beyond`]) whose GType, or one of its parent
-/// types, has a name that `is_kind` accepts: a subclass of a GStreamer base class, such as a
-/// device-specific V4L2 element.
-pub fn find_kind_beyond(pad: &gst::Pad, is_kind: impl Fn(&str) -> bool) -> Option<String> {
-    find_beyond(pad, |element| {
-        std::iter::successors(Some(element.type_()), |t| t.parent())
-            .any(|t| is_kind(t.name()))
-            .then(|| describe(element))
-    })
 }
