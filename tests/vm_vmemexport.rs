@@ -574,15 +574,26 @@ fn queued_frames_are_never_overwritten() {
     ));
     let pipeline = launch(&format!(
         "videotestsrc num-buffers={frames} pattern=ball ! {BGRX_VGA} ! vmemexport name=v ! \
-         queue max-size-buffers=12 max-size-bytes=0 max-size-time=0 ! appsink name=out sync=false \
-         max-buffers=12 emit-signals=false"
+         queue max-size-buffers=12 max-size-bytes=0 max-size-time=0 ! appsink name=out \
+         sync=false max-buffers=12 emit-signals=false"
     ));
     let sink = element(&pipeline, "out")
         .downcast::<gst_app::AppSink>()
         .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    // Let the queue fill up before anything is consumed.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Nothing is consumed until vmemexport has sent on all 24 frames: all of them are then
+    // held downstream at once (appsink's 12, the queue's and the one appsink waits with),
+    // however slow or busy the machine.
+    let v = element(&pipeline, "v");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while stat(&v, "frames") < frames as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream stopped after {} frames",
+            stat(&v, "frames")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut held = Vec::new();
     while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(30)) {
         held.push(sample);
