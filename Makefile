@@ -20,8 +20,8 @@ build:
 	$(CARGO) build --release
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # vmemexp/ is kernel code: kernel coding style, by the kernel's checkpatch.pl (from the testbed's
 # kernel source). compat.h holds the LINUX_VERSION_CODE guards by design; the selftest's ASSERT
@@ -83,6 +83,7 @@ dkms-check: deb
 # Test binaries for the guest: built on the host, listed for tests/vm/suite.
 vm-tests: build
 	$(CARGO) test --no-run --message-format=json > target/vm-tests.json
+	$(CARGO) build -p gst-vmem-bench # the soak driver, which vm_reliability runs briefly
 	python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, open(sys.argv[1])) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["profile"]["test"]]' \
 	  target/vm-tests.json > target/vm-tests.list
 	mkdir -p target/examples-c
@@ -106,6 +107,7 @@ vm-ready:
 	tests/vm/setup kernel >/dev/null
 	tests/vm/setup userland $(USERLAND)
 	$(CARGO) build --release --lib --examples
+	$(CARGO) build --release -p gst-vmem-bench
 
 # The main job in one command: the report and results/display.png.
 demo: vm-ready

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Reliability checks that fit in CI (VM testbed, every userland): a short soak with its
-//! fault table (examples/soak.rs, whose full run is `make soak`), fd hygiene across exec,
+//! fault table (bench/soak.rs, whose full run is `make soak`), fd hygiene across exec,
 //! buffer lifetimes, caps renegotiation mid-stream, and several pipelines and processes at once.
 
 mod common;
@@ -57,7 +57,7 @@ fn reference(pattern: &str, frames: u32) -> std::collections::HashMap<u64, u64> 
 #[ignore = "needs the VM testbed"]
 fn a_short_soak_holds_every_check() {
     // Streams, cycles, the fault table and the leaks tracer; `make soak` runs the full numbers.
-    let out = Command::new(format!("{ROOT}/target/debug/examples/soak"))
+    let out = Command::new(format!("{ROOT}/target/debug/soak"))
         .args(["--frames", "2000", "--cycles", "100"])
         .env("GST_PLUGIN_PATH", format!("{ROOT}/target/release"))
         .output()

@@ -13,7 +13,7 @@ use gst::prelude::*;
 use gst_video::prelude::*;
 
 // The one pipeline runner, shared with the examples' drivers (demo, bench, soak).
-#[path = "../../examples/driver/pipeline.rs"]
+#[path = "../../bench/driver/pipeline.rs"]
 mod pipeline;
 #[allow(unused_imports)] // each binary uses its own subset
 pub use pipeline::{RunResult, launch, run, run_for};

@@ -12,7 +12,7 @@ use gstvmem::kernel::{DrmNode, DrmUse};
 
 use super::LogCapture;
 
-#[path = "../../examples/driver/scanout.rs"]
+#[path = "../../bench/driver/scanout.rs"]
 mod scanout;
 
 /// weston took 8-40 s to create its socket under TCG; be generous, a loaded host is slower.

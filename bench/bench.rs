@@ -17,7 +17,7 @@
 //! 5. A software decoder (avdec_h264, 1280x720 H.264 made by x264enc) into a display (kmssink)
 //!    and into an encoder (v4l2fwhtenc), with vmemexport and on upstream's copy path: CPU time,
 //!    bytes copied and memory held per arm, each arm in a child process of its own
-//!    (examples/decoder).
+//!    (bench/decoder).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};

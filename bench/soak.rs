@@ -179,11 +179,12 @@ fn stream(report: &mut Report, label: &str, opts: &str, sink: &str, frames: u64,
         pipeline.set_state(gst::State::Paused).unwrap();
         let _ = pipeline.state(gst::ClockTime::from_seconds(30));
         let exe = std::env::current_exe().unwrap();
-        let mut c = Command::new(exe.with_file_name("dmabuf_client"))
+        // The plugin's dmabuf_client example, built in the same profile's examples/.
+        let mut c = Command::new(exe.with_file_name("examples").join("dmabuf_client"))
             .arg(&sock)
             .stdout(Stdio::piped())
             .spawn()
-            .expect("the dmabuf_client example next to this one");
+            .expect("the plugin's dmabuf_client example (cargo build --examples)");
         // Wait until it is connected, so it sees every frame.
         let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
         let mut first = String::new();

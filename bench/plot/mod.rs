@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The benchmark's plots, drawn from bench.json (what examples/bench.rs writes, or an earlier
+//! The benchmark's plots, drawn from bench.json (what bench/bench.rs writes, or an earlier
 //! run's file with `bench --plot-only`): bench.png (vmemexport alone), bench-e2e.png (end to
 //! end) and, when the run has the decoder section, bench-decoder.png. Text uses the DejaVu Sans font vendored beside this file, so no system font is needed.
 
@@ -126,7 +126,7 @@ pub fn plot_results(json: &Path) -> Res<Vec<PathBuf>> {
     static FONT_ONCE: std::sync::Once = std::sync::Once::new();
     FONT_ONCE.call_once(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("DejaVuSans.ttf"))
-            .unwrap_or_else(|_| panic!("examples/plot/DejaVuSans.ttf is not a usable font"));
+            .unwrap_or_else(|_| panic!("bench/plot/DejaVuSans.ttf is not a usable font"));
     });
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let results = parse(&text).map_err(|e| format!("{}: {e}", json.display()))?;
