@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
+//! The element: properties, pads and the BaseSink virtual methods. The work is split by job:
+//! [`drm`] (PRIME import into `drm-device`, the scan-out check) and [`share`] (the socket).
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -11,13 +12,15 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 
+mod drm;
+mod share;
+
+use self::drm::{Drm, open_drm_device};
+use self::share::frame_layout;
 use super::DropPolicy;
-use super::layout::{self, LayoutError, Plane};
-use super::protocol;
 use super::server::{Server, ServerSettings, ServerStats};
 use crate::formats;
-use crate::frame::FrameLayout;
-use crate::kernel::{self, DrmNode, DrmUse, GemHandle};
+use crate::kernel::{self, DrmUse};
 use crate::memory::dmabuf_fd;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -29,7 +32,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 /// Imports kept at most; past it the cache starts over (a pool that keeps allocating).
-const MAX_IMPORTS: usize = 64;
+pub(super) const MAX_IMPORTS: usize = 64;
 
 const DEFAULT_DRM_ADDFB: bool = false;
 const DEFAULT_ALLOW_NON_DMABUF: bool = false;
@@ -83,20 +86,6 @@ struct Stats {
     non_dmabuf: u64,
 }
 
-/// One imported dma-buf: a dup of its fd keeps it (and so its inode, our key) alive.
-struct Import {
-    _dmabuf: OwnedFd,
-    handle: GemHandle,
-}
-
-/// The DRM node (`drm-device`) and what was imported into it.
-struct Drm {
-    node: Arc<DrmNode>,
-    imports: HashMap<u64, Import>,
-    /// Frame layouts (per plane: inode, offset, pitch) AddFB2 was tried with.
-    checked_layouts: HashSet<Vec<(u64, u32, u32)>>,
-}
-
 struct State {
     info: Option<gst_video::VideoInfo>,
     fourcc: u32,
@@ -143,124 +132,6 @@ impl DmabufSink {
             .build()
     }
 
-    /// Imports each dma-buf of `buffer` not seen before into the DRM node, and with drm-addfb
-    /// checks once per frame layout that the frame can be scanned out (a trial framebuffer).
-    /// `format` is the negotiated one and its DRM fourcc. Returns what to warn about.
-    fn import(
-        &self,
-        drm: &mut Drm,
-        format: Option<(&gst_video::VideoInfo, u32)>,
-        settings: &Settings,
-        buffer: &gst::BufferRef,
-        planes: Option<&[Plane]>,
-        stats: &mut Stats,
-    ) -> Vec<String> {
-        let mut warnings = Vec::new();
-        let node = drm.node.clone();
-        // Each memory's inode, the key of its import (None: not importable).
-        let mut inodes: Vec<Option<u64>> = Vec::with_capacity(buffer.n_memory());
-        for mem in buffer.iter_memories() {
-            let ino = dmabuf_fd(mem).and_then(|fd| Some((fd, rustix::fs::fstat(fd).ok()?.st_ino)));
-            inodes.push(ino.map(|(_, ino)| ino));
-            let Some((fd, ino)) = ino else { continue };
-            if drm.imports.contains_key(&ino) {
-                continue;
-            }
-            let handle = match node.prime_import(fd.fd()) {
-                Ok(h) => h,
-                Err(e) => {
-                    stats.import_failures += 1;
-                    warnings.push(format!(
-                        "{} cannot import a dma-buf: {e}",
-                        node.path().display()
-                    ));
-                    inodes.pop();
-                    inodes.push(None);
-                    continue;
-                }
-            };
-            stats.imported += 1;
-            if drm.imports.len() >= MAX_IMPORTS {
-                // Checked layouts name imports by inode: they go with them.
-                drm.imports.clear();
-                drm.checked_layouts.clear();
-            }
-            let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
-                continue;
-            };
-            drm.imports.insert(
-                ino,
-                Import {
-                    _dmabuf: dup,
-                    handle,
-                },
-            );
-        }
-        if settings.drm_addfb
-            && let (Some((info, fourcc)), Some(planes)) = (format, planes)
-        {
-            // Plane i lies in memory planes[i].memory: its own buffer object, at its offset in
-            // that memory's dma-buf.
-            let layout: Option<Vec<(u64, u32, u32)>> = planes
-                .iter()
-                .map(|p| {
-                    let ino = (*inodes.get(p.memory)?)?;
-                    let offset = (buffer.peek_memory(p.memory).offset() + p.offset) as u32;
-                    Some((ino, offset, p.stride))
-                })
-                .collect();
-            if let Some(layout) = layout
-                && !drm.checked_layouts.contains(&layout)
-            {
-                let fb_planes: Option<Vec<kernel::FbPlane<'_>>> = layout
-                    .iter()
-                    .map(|&(ino, offset, pitch)| {
-                        Some(kernel::FbPlane {
-                            handle: &drm.imports.get(&ino)?.handle,
-                            offset,
-                            pitch,
-                        })
-                    })
-                    .collect();
-                if let Some(fb_planes) = fb_planes {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "AddFB2 check with handles {:?}",
-                        fb_planes.iter().map(|p| p.handle.raw()).collect::<Vec<_>>()
-                    );
-                    if let Err(e) =
-                        node.check_addfb2(info.width(), info.height(), fourcc, None, &fb_planes)
-                    {
-                        stats.addfb_failures += 1;
-                        warnings.push(format!(
-                            "{} cannot scan this buffer out: {e}",
-                            node.path().display()
-                        ));
-                    }
-                    if drm.checked_layouts.len() >= MAX_IMPORTS {
-                        drm.checked_layouts.clear();
-                    }
-                    drm.checked_layouts.insert(layout);
-                }
-            }
-        }
-        warnings
-    }
-
-    /// Returns the DRM imports `render` took out of the state; dropped (with their handles)
-    /// outside the lock if the sink stopped meanwhile.
-    fn put_back(&self, drm: Option<Drm>) {
-        let stale = match self.state.lock().unwrap().as_mut() {
-            Some(state) => {
-                state.drm = drm;
-                None
-            }
-            None => drm,
-        };
-        drop(stale);
-    }
-
     /// Logs `warnings` and posts the first of the run as a warning message. Must be called
     /// without the state lock: a bus sync handler may read `stats`, which takes it.
     fn warn(&self, warnings: &[String]) {
@@ -278,65 +149,6 @@ impl DmabufSink {
             );
         }
     }
-
-    /// Describes `buffer` for the socket: plane layout, fds, timestamps.
-    fn share(
-        &self,
-        server: &Server,
-        info: &gst_video::VideoInfo,
-        fourcc: u32,
-        buffer: &gst::Buffer,
-        planes: &[Plane],
-        frame_number: u64,
-    ) {
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        let mut inodes: Vec<u64> = Vec::new();
-        let mut frame = protocol::Frame {
-            frame_number,
-            pts: buffer.pts().map_or(u64::MAX, |t| t.nseconds()),
-            duration: buffer.duration().map_or(u64::MAX, |t| t.nseconds()),
-            width: info.width(),
-            height: info.height(),
-            fourcc,
-            modifier: 0,
-            n_planes: info.n_planes(),
-            ..Default::default()
-        };
-        for (plane, layout) in planes.iter().enumerate() {
-            let mem = buffer.peek_memory(layout.memory);
-            let Some(fd) = dmabuf_fd(mem) else { return };
-            let ino = rustix::fs::fstat(fd).map(|s| s.st_ino).unwrap_or(0);
-            let index = inodes.iter().position(|&i| i == ino).unwrap_or_else(|| {
-                inodes.push(ino);
-                fds.push(fd.fd());
-                inodes.len() - 1
-            });
-            frame.plane_fd[plane] = index as u8;
-            frame.offsets[plane] = (mem.offset() + layout.offset) as u32;
-            frame.strides[plane] = layout.stride;
-        }
-        let first = buffer.peek_memory(0);
-        frame.size = (first.offset() + first.size()) as u64;
-        frame.n_fds = fds.len() as u32;
-        server.send(&frame, &fds, buffer);
-    }
-
-    fn log_server_events(&self, server: &Server) {
-        for e in server.take_events() {
-            gst::info!(CAT, imp = self, "{e}");
-        }
-    }
-}
-
-/// The frame's planes as its VideoMeta (else the caps' default layout) places them, checked
-/// against the memories that hold them.
-fn frame_layout(
-    buffer: &gst::BufferRef,
-    info: &gst_video::VideoInfo,
-) -> Result<Vec<Plane>, LayoutError> {
-    let frame = FrameLayout::of(buffer, Some(info)).expect("caps are known");
-    let sizes: Vec<usize> = buffer.iter_memories().map(|m| m.size()).collect();
-    layout::plane_layout(info, &frame.offsets, &frame.strides, &sizes)
 }
 
 #[glib::object_subclass]
@@ -752,14 +564,5 @@ impl BaseSinkImpl for DmabufSink {
             self.log_server_events(&server);
         }
         Ok(gst::FlowSuccess::Ok)
-    }
-}
-
-/// Opens the `drm-device` property's value: a path (taken as it is), or `driver:NAME` (the
-/// driver's first node for `purpose`, see [`DrmNode::open_driver`]).
-fn open_drm_device(spec: &str, purpose: DrmUse) -> kernel::Result<DrmNode> {
-    match spec.strip_prefix("driver:") {
-        Some(driver) => DrmNode::open_driver(driver, purpose),
-        None => DrmNode::open(std::path::Path::new(spec)),
     }
 }
