@@ -22,6 +22,11 @@
 //! counted as `shares-pages`: every importer can read an export's whole pages. With
 //! `propose-pool=false` vmemexport asks upstream for such page-aligned, padded memory.
 //!
+//! With `backing=auto`, a V4L2 device downstream that imports only physically contiguous
+//! memory (no IOMMU; found by a trial import of a scattered dma-buf on its idle output queue)
+//! is proposed a pool of the CMA heap instead, and frames from elsewhere are copied into CMA
+//! for it (`needs-contiguous`).
+//!
 //! When a frame can leave neither way (no vmemexp, memory it refuses or that shares its pages,
 //! a frame over udmabuf's size limit, a buffer of several memories) it is copied into a pooled
 //! dma-buf, counted in `stats` under its reason, and a warning says why once;
