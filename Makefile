@@ -9,7 +9,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak demo debug-kernel clean
+.PHONY: all build docs setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak demo debug-kernel clean
 
 all: build
 
@@ -18,6 +18,12 @@ setup:
 
 build:
 	$(CARGO) build --release
+
+# docs/reference.md from the plugin itself (every element and allocator, their properties);
+# tests/reference.rs fails in make test when the checked-in file is stale.
+docs:
+	VMEM_WRITE_REFERENCE=1 $(CARGO) test --test reference
+	@git diff --stat -- docs/reference.md
 
 lint:
 	$(CARGO) fmt --all --check
