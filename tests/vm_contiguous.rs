@@ -18,18 +18,6 @@ const CMA: &str = "reserved"; // the testbed's CMA heap (cma=128M), as fdinfo's 
 const CAPS: &str = "video/x-raw,format=YUY2,width=1280,height=720,framerate=30/1";
 const FRAMES: usize = 10;
 
-/// vivid's output node of instance `n` (0: vmalloc, 1: dma-contig), set to the output that
-/// takes YUY2 at 1280x720.
-fn vivid_output(n: u32) -> String {
-    let dev = v4l2_node("vivid", &format!("vivid-00{n}-vid-out"));
-    let status = std::process::Command::new("v4l2-ctl")
-        .args(["-d", &dev, "--set-output=1"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dev
-}
-
 /// What reached one sink: each buffer's exporter (fdinfo's exp_name) and pixel checksum.
 #[derive(Clone, Default)]
 struct Arrivals(Arc<Mutex<Vec<Arrival>>>);

@@ -178,12 +178,7 @@ fn a_contiguous_importer_takes_cma_but_not_scattered_pages() {
     // vivid instance 1 uses vb2-dma-contig (vivid.allocators=0,1 on the testbed's command
     // line): like a device without an IOMMU it can only import physically contiguous memory.
     init();
-    let dev = v4l2_node("vivid", "vivid-001-vid-out");
-    let status = std::process::Command::new("v4l2-ctl")
-        .args(["-d", &dev, "--set-output=1"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let dev = vivid_output(1);
     let caps = "video/x-raw,format=YUY2,width=640,height=360";
     let ok = launch(&format!(
         "videotestsrc num-buffers=5 ! {caps} ! vmemexport name=v backing=heap heap={CMA} ! \

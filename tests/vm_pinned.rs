@@ -418,12 +418,7 @@ fn into_vivid(
     info: &gst_video::VideoInfo,
     buffers: Vec<gst::Buffer>,
 ) -> (gst::Element, RunResult, Vec<(Option<String>, u64)>) {
-    let dev = v4l2_node("vivid", &format!("vivid-00{n}-vid-out"));
-    let status = std::process::Command::new("v4l2-ctl")
-        .args(["-d", &dev, "--set-output=1"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let dev = vivid_output(n);
     let pipeline = launch(&format!(
         "appsrc name=src ! vmemexport name=v ! \
          v4l2sink name=sink device={dev} io-mode=dmabuf-import sync=false"

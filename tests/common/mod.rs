@@ -408,6 +408,18 @@ pub fn v4l2_node(driver: &str, name_contains: &str) -> String {
     panic!("no V4L2 node of {driver} named *{name_contains}*");
 }
 
+/// vivid's video output node of instance `n` (the testbed's `vivid.allocators=0,1`: 0 is
+/// vb2-vmalloc, 1 is vb2-dma-contig), switched to its output 1, which takes YUY2 and BGRx.
+pub fn vivid_output(n: u32) -> String {
+    let dev = v4l2_node("vivid", &format!("vivid-00{n}-vid-out"));
+    let status = std::process::Command::new("v4l2-ctl")
+        .args(["-d", &dev, "--set-output=1"])
+        .status()
+        .expect("v4l2-ctl (v4l-utils) in the testbed");
+    assert!(status.success(), "v4l2-ctl -d {dev} --set-output=1");
+    dev
+}
+
 /// `Duration` helper for readability at call sites.
 pub fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
