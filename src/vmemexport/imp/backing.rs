@@ -42,9 +42,6 @@ pub(super) struct State {
     /// Every memfd allocator made for this run: each keeps released memories for reuse until
     /// flushed at stop.
     pub(super) allocators: Vec<MemfdAllocator>,
-    /// The consumer downstream that imports only physically contiguous memory, if any: its
-    /// frames come from the CMA heap, or are copied there.
-    pub(super) contiguous_for: Option<String>,
     /// What each V4L2 device's import trial answered (true: contiguous memory only), so that
     /// a renegotiation does not ask again while the device streams.
     pub(super) contiguity: HashMap<PathBuf, bool>,
@@ -152,7 +149,6 @@ impl VmemExport {
             proposed: None,
             natural_for: None,
             allocators: Vec::new(),
-            contiguous_for: None,
             contiguity: HashMap::new(),
         })
     }

@@ -17,7 +17,7 @@ impl VmemExport {
         &self,
         notices: &mut Notices,
     ) -> Result<(gst::BufferPool, gst_video::VideoInfo), gst::FlowError> {
-        let (info, fits, heap, contiguous_for) = {
+        let (info, fits, heap) = {
             let guard = self.state.lock().unwrap();
             let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
             let info = state.in_info.clone().ok_or(gst::FlowError::NotNegotiated)?;
@@ -29,13 +29,9 @@ impl VmemExport {
                 .exporter
                 .size_limit()
                 .is_some_and(|l| kernel::page_align(info.size() as u64).is_some_and(|s| s <= l));
-            (
-                info,
-                fits,
-                state.heap_allocator.clone(),
-                state.contiguous_for.clone(),
-            )
+            (info, fits, state.heap_allocator.clone())
         };
+        let contiguous_for = self.contiguous_for.lock().unwrap().clone();
         // A consumer that imports only contiguous memory gets copies in the CMA heap.
         let contiguous = match &contiguous_for {
             Some(consumer) => Some(

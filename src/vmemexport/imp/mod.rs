@@ -107,9 +107,10 @@ pub struct VmemExport {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
-    /// The consumer that imports only contiguous memory, as the last negotiation found it
-    /// (`stats`' contiguous-for: kept after stop, like the counters).
-    contiguous_for: Mutex<String>,
+    /// The consumer downstream that imports only physically contiguous memory, as the last
+    /// negotiation found it: its frames come from the CMA heap, or are copied there. Kept after
+    /// stop, like the counters, for `stats`' contiguous-for.
+    contiguous_for: Mutex<Option<String>>,
 }
 
 impl VmemExport {
@@ -222,7 +223,11 @@ impl ObjectImpl for VmemExport {
             let mut stats = self.stats.lock().unwrap().to_structure();
             stats.set(
                 "contiguous-for",
-                self.contiguous_for.lock().unwrap().clone(),
+                self.contiguous_for
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_default(),
             );
             return stats.to_value();
         }
@@ -295,7 +300,7 @@ impl BaseTransformImpl for VmemExport {
         let state = self.open_backing(&settings)?;
         *self.state.lock().unwrap() = Some(state);
         *self.stats.lock().unwrap() = Stats::default();
-        self.contiguous_for.lock().unwrap().clear();
+        *self.contiguous_for.lock().unwrap() = None;
         Ok(())
     }
 
@@ -448,7 +453,7 @@ impl BaseTransformImpl for VmemExport {
         // A consumer that imports only contiguous memory gets frames from the CMA heap
         // (backing.rs); finding out may open its device: before the lock is taken.
         let contiguous_for = self.contiguous_consumer(&settings);
-        *self.contiguous_for.lock().unwrap() = contiguous_for.clone().unwrap_or_default();
+        *self.contiguous_for.lock().unwrap() = contiguous_for.clone();
         // What the proposal needs from the state, taken out: opening udmabuf for an importer,
         // the heap's trial allocation and the error message all happen without the lock (an
         // application's sync bus handler runs in this thread and may stop the element).
@@ -457,7 +462,6 @@ impl BaseTransformImpl for VmemExport {
             let state = state
                 .as_mut()
                 .ok_or_else(|| gst::loggable_error!(CAT, "not started"))?;
-            state.contiguous_for = contiguous_for.clone();
             let kind = if contiguous_for.is_some() || state.backing == Backing::Heap {
                 PoolKind::Heap
             } else if importer.is_some() {
@@ -596,10 +600,9 @@ impl BaseTransformImpl for VmemExport {
         // And whether it imports only contiguous memory: pinned and foreign frames are then
         // copied into the CMA heap (the frames of the proposed pool already are there).
         let contiguous_for = self.contiguous_consumer(&self.settings());
-        *self.contiguous_for.lock().unwrap() = contiguous_for.clone().unwrap_or_default();
+        *self.contiguous_for.lock().unwrap() = contiguous_for;
         if let Some(state) = self.state.lock().unwrap().as_mut() {
             state.zero_offset_for = consumer;
-            state.contiguous_for = contiguous_for;
         }
         Ok(())
     }

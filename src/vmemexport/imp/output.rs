@@ -114,6 +114,7 @@ impl VmemExport {
             stats.passthrough += 1;
             return Ok(PrepareOutputBufferSuccess::InputBuffer);
         }
+        let contiguous_for = self.contiguous_for.lock().unwrap().clone();
         let target = {
             let guard = self.state.lock().unwrap();
             let state = guard.as_ref().ok_or(gst::FlowError::Flushing)?;
@@ -121,7 +122,7 @@ impl VmemExport {
                 exporter: state.exporter.clone(),
                 info: state.in_info.clone(),
                 zero_offset_for: state.zero_offset_for.clone(),
-                contiguous_for: state.contiguous_for.clone(),
+                contiguous_for,
             }
         };
         let source = crate::memory::buffer_ref(inbuf);
