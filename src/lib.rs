@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! gst-vmem: zero-copy dma-buf plugins for GStreamer (vmemexport, heapalloc, dmabufsink).
+//! gst-vmem: zero-copy dma-buf plugins for GStreamer (vmemexport, heapalloc, dmabufsink,
+//! dmabufsrc).
 //!
 //! Besides the plugin, the crate's Rust API for applications and tests:
 //! [`heapalloc::DmaHeapAllocator`] (dma-heap memory for any buffer pool), the dmabufsink client
@@ -11,6 +12,7 @@
 use gst::glib;
 
 pub mod dmabufsink;
+pub mod dmabufsrc;
 pub mod formats;
 mod frame;
 pub mod heapalloc;
@@ -23,6 +25,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     heapalloc::register();
     vmemexport::register(plugin)?;
     dmabufsink::register(plugin)?;
+    dmabufsrc::register(plugin)?;
     Ok(())
 }
 

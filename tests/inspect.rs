@@ -35,6 +35,22 @@ const VMEMEXPORT: &[Property] = &[
     ("stats", None, Mutable::ReadOnly),
 ];
 
+const DMABUFSRC: &[Property] = &[
+    ("socket-path", None, Mutable::Ready),
+    ("server-uid", Some("-1"), Mutable::Ready),
+    ("is-live", Some("true"), Mutable::Ready),
+    ("retry-timeout", Some("10000"), Mutable::Ready),
+    ("stats", None, Mutable::ReadOnly),
+];
+
+const DMABUFSRC_STATS: &[&str] = &[
+    "frames",
+    "released",
+    "release-failures",
+    "missed",
+    "connects",
+];
+
 const VMEMEXPORT_STATS: &[&str] = &[
     "frames",
     "exported",
@@ -165,6 +181,7 @@ fn each_element_has_exactly_its_documented_properties_and_defaults() {
     for (factory, properties, stats) in [
         ("vmemexport", VMEMEXPORT, VMEMEXPORT_STATS),
         ("dmabufsink", DMABUFSINK, DMABUFSINK_STATS),
+        ("dmabufsrc", DMABUFSRC, DMABUFSRC_STATS),
     ] {
         let element = gst::ElementFactory::make(factory).build().unwrap();
         assert_eq!(

@@ -24,10 +24,22 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFla
 use super::protocol::{self, MAX_MESSAGE_SIZE, Message};
 use crate::kernel;
 
+/// How long a server may take to say hello; past it, connecting fails with `WouldBlock`.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Client {
     fd: OwnedFd,
     /// How many frames the server lets this client hold before it misses frames.
     pub max_pending: u32,
+}
+
+/// What [`Client::next`] received.
+pub enum Received {
+    Frame(ReceivedFrame),
+    /// The server ended its stream (it sent its goodbye).
+    Bye,
+    /// The connection closed without a goodbye: the server went away.
+    Closed,
 }
 
 /// A received frame: its description and its dma-buf fds (closed on drop).
@@ -67,8 +79,21 @@ impl Client {
                 ),
             ));
         }
+        // A server that accepts but never says hello must not hang us (or the element whose
+        // streaming thread connects): its hello is due at once.
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(HELLO_TIMEOUT),
+        )?;
         let mut client = Client { fd, max_pending: 0 };
-        match client.recv_message()? {
+        let hello = client.recv_message();
+        rustix::net::sockopt::set_socket_timeout(
+            &client.fd,
+            rustix::net::sockopt::Timeout::Recv,
+            None,
+        )?;
+        match hello? {
             Some((Message::Hello(h), _)) => client.max_pending = h.max_pending,
             Some((Message::Refused(reason), _)) => {
                 return Err(io::Error::new(
@@ -113,11 +138,23 @@ impl Client {
     /// The next frame; `None` at end of stream (the server said goodbye or went away). A frame
     /// whose fds are not dma-bufs, or are smaller than its layout says, is an error.
     pub fn recv(&self) -> io::Result<Option<ReceivedFrame>> {
+        match self.next()? {
+            Received::Frame(frame) => Ok(Some(frame)),
+            Received::Bye | Received::Closed => Ok(None),
+        }
+    }
+
+    /// The next message: a frame, the server's goodbye (the end of its stream), or the
+    /// connection closed without one (the server went away: a crash, or its pipeline was
+    /// stopped). A frame whose fds are not dma-bufs, or are smaller than its layout says, and
+    /// any message a server must not send, are errors.
+    pub fn next(&self) -> io::Result<Received> {
         match self.recv_message()? {
-            None | Some((Message::Bye, _)) => Ok(None),
+            None => Ok(Received::Closed),
+            Some((Message::Bye, _)) => Ok(Received::Bye),
             Some((Message::Frame(info), fds)) => {
                 let fd_sizes = check_fds(&info, &fds)?;
-                Ok(Some(ReceivedFrame {
+                Ok(Received::Frame(ReceivedFrame {
                     info,
                     fds,
                     fd_sizes,
@@ -131,11 +168,19 @@ impl Client {
     /// (the stream ended while we read) holds nothing any more: that is not an error, and the
     /// frames it sent before are still there for [`Client::recv`].
     pub fn release(&self, frame: &ReceivedFrame) -> io::Result<()> {
-        let msg = Message::Release {
-            frame_number: frame.info.frame_number,
-        }
-        .encode();
-        match kernel::send_with_fds(&self.fd, &msg, &[], SendFlags::empty()) {
+        self.release_number(frame.info.frame_number, SendFlags::empty())
+    }
+
+    /// [`Client::release`] by frame number, never blocking: for a release sent from whichever
+    /// thread drops the frame's last buffer. A full socket (a server that reads none of our
+    /// messages) is reported as `WouldBlock`; the server's hold timeout then frees the frame.
+    pub fn release_nonblocking(&self, frame_number: u64) -> io::Result<()> {
+        self.release_number(frame_number, SendFlags::DONTWAIT)
+    }
+
+    fn release_number(&self, frame_number: u64, flags: SendFlags) -> io::Result<()> {
+        let msg = Message::Release { frame_number }.encode();
+        match kernel::send_with_fds(&self.fd, &msg, &[], flags) {
             Err(e)
                 if [rustix::io::Errno::PIPE, rustix::io::Errno::CONNRESET]
                     .iter()

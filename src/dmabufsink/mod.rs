@@ -27,7 +27,7 @@ pub mod protocol;
 mod server;
 mod socket_file;
 
-pub use client::{Client, ReceivedFrame};
+pub use client::{Client, Received, ReceivedFrame};
 pub use protocol::RefusedReason;
 
 glib::wrapper! {
