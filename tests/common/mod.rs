@@ -483,6 +483,15 @@ impl ScanoutProof {
         }
     }
 
+    /// The inode of the dma-buf on screen at EOS; panics if the scanout could not be read.
+    pub fn inode_on_screen(&self, what: &str) -> u64 {
+        match &self.0.lock().unwrap().on_screen {
+            Some(Ok(ino)) => *ino,
+            Some(Err(e)) => panic!("{what}: cannot read the scanout: {e}"),
+            None => panic!("{what}: EOS never reached the display"),
+        }
+    }
+
     /// Panics (outside the probe) unless the frame on screen at EOS was one of the dma-bufs
     /// the display received.
     pub fn assert_on_screen(&self, what: &str) {
