@@ -306,6 +306,26 @@ fn dma_buf_sync_brackets_cpu_access() {
     assert!(DmaBuf::new(memfd.as_fd()).is_err(), "a memfd is no dma-buf");
 }
 
+/// The DRM trial behind dmabufsink's "needs physically contiguous memory" diagnosis: vkms and
+/// vgem (shmem GEM helpers) take a buffer of scattered pages. The testbed has no DRM driver on
+/// the GEM DMA helpers, which refuse it (EINVAL): that answer is only reasoned from the source.
+#[test]
+#[ignore = "needs the VM testbed"]
+fn drm_import_trial_tells_that_vkms_and_vgem_take_scattered_pages() {
+    let u = udmabuf();
+    for driver in ["vkms", "vgem"] {
+        let node = std::sync::Arc::new(DrmNode::open_driver(driver, DrmUse::Import).unwrap());
+        let trial = node.import_trial(|size| u.scattered(size)).unwrap();
+        assert_eq!(trial, gstvmem::kernel::ImportTrial::Scattered, "{driver}");
+    }
+    // A trial whose buffer cannot be made is an error, not an answer.
+    let node = std::sync::Arc::new(DrmNode::open_driver("vgem", DrmUse::Import).unwrap());
+    let e = node
+        .import_trial(|size| Err(Error::TooLarge { size, limit_mb: 0 }))
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+}
+
 #[test]
 #[ignore = "needs the VM testbed"]
 fn prime_import_into_vkms_and_vgem() {

@@ -111,6 +111,27 @@ impl DrmNode {
     }
 }
 
+impl DrmNode {
+    /// Whether the device imports a dma-buf of scattered pages: a PRIME import of `scattered`'s
+    /// buffer, one that can never be physically contiguous (see [`super::Udmabuf::scattered`]).
+    /// Drivers on the GEM DMA helpers (display controllers without an IOMMU) refuse it with
+    /// EINVAL (`drm_gem_dma_prime_import_sg_table`); shmem-based ones (vkms, vgem) and devices
+    /// behind an IOMMU take it. The trial's handle is closed at once.
+    pub fn import_trial(
+        self: &Arc<Self>,
+        scattered: impl FnOnce(u64) -> Result<OwnedFd>,
+    ) -> Result<super::ImportTrial> {
+        let trial = scattered(64 * 1024)?;
+        Ok(match self.prime_import(trial.as_fd()) {
+            Ok(_handle) => super::ImportTrial::Scattered,
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                super::ImportTrial::ContiguousOnly
+            }
+            Err(e) => super::ImportTrial::Unknown(e.to_string()),
+        })
+    }
+}
+
 /// The DRM nodes present that can serve `purpose`, in the order to try them (none if there is
 /// no /dev/dri): for import render nodes first, for KMS card nodes only.
 pub fn dri_nodes(purpose: DrmUse) -> Result<Vec<PathBuf>> {

@@ -26,6 +26,25 @@ pub(super) struct Drm {
     pub(super) imports: HashMap<u64, Import>,
     /// Frame layouts (per plane: inode, offset, pitch) AddFB2 was tried with.
     pub(super) checked_layouts: HashSet<Vec<(u64, u32, u32)>>,
+    /// Whether a failed import was explained already this run (the trial runs once).
+    pub(super) explained: bool,
+}
+
+/// Why `node` may have refused a dma-buf, if a trial says it needs physically contiguous
+/// memory: the rule vmemexport's `backing=auto` applies to V4L2 consumers (a buffer of
+/// scattered pages, which the device refuses while it takes the frames' memory otherwise).
+fn contiguity_cause(node: &Arc<DrmNode>) -> Option<String> {
+    let trial = kernel::Udmabuf::open().and_then(|u| node.import_trial(|size| u.scattered(size)));
+    match trial {
+        Ok(kernel::ImportTrial::ContiguousOnly) => Some(format!(
+            "{} refuses scattered pages (a trial import of a buffer that can never be physically \
+             contiguous failed too): it needs physically contiguous memory; give it CMA frames, \
+             e.g. vmemexport backing=heap heap=linux,cma (docs/vmemexport.md, \"Boards without \
+             an IOMMU\")",
+            node.path().display()
+        )),
+        _ => None,
+    }
 }
 
 impl DmabufSink {
@@ -56,10 +75,20 @@ impl DmabufSink {
                 Ok(h) => h,
                 Err(e) => {
                     stats.import_failures += 1;
-                    warnings.push(format!(
-                        "{} cannot import a dma-buf: {e}",
-                        node.path().display()
-                    ));
+                    // Once a run: is it the memory's scattered pages? (No lock is held here.)
+                    let cause = if drm.explained {
+                        None
+                    } else {
+                        drm.explained = true;
+                        contiguity_cause(&node)
+                    };
+                    warnings.push(match cause {
+                        Some(cause) => format!(
+                            "{} cannot import a dma-buf: {e}; {cause}",
+                            node.path().display()
+                        ),
+                        None => format!("{} cannot import a dma-buf: {e}", node.path().display()),
+                    });
                     inodes.pop();
                     inodes.push(None);
                     continue;

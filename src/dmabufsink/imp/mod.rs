@@ -397,6 +397,7 @@ impl BaseSinkImpl for DmabufSink {
                 node,
                 imports: HashMap::new(),
                 checked_layouts: HashSet::new(),
+                explained: false,
             }),
             server,
         });
