@@ -88,18 +88,6 @@ impl Drop for Launched {
     }
 }
 
-/// Waits until a server listens at `path`.
-fn wait_for_socket(path: &str) {
-    let deadline = Instant::now() + secs(60);
-    while !std::path::Path::new(path).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no dmabufsink at {path} after 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The producer, in this process: `videotestsrc` (smpte: its frames differ) -> vmemexport ->
 /// dmabufsink serving `path`, with the inode of every dma-buf it shares and the checksum of
 /// every frame's pixels recorded.
@@ -332,23 +320,7 @@ fn a_producer_killed_and_started_again_is_reconnected() {
     ));
     // Each frame's pixels, checksummed as it arrives: the buffer (and the server's frame) is
     // let go at once, so the receiver never holds frames the server would cut it off for.
-    let frames = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let store = frames.clone();
-    element(&pipeline, "out")
-        .downcast::<gst_app::AppSink>()
-        .unwrap()
-        .set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |s| {
-                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let (info, _) =
-                        gstvmem::formats::video_info_from_caps(sample.caps().unwrap()).unwrap();
-                    let sum = checksum(&normalized_frame(sample.buffer().unwrap(), &info));
-                    store.lock().unwrap().push(sum);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+    let frames = checksums_on_arrival(&pipeline, "out", |_| Ok(()));
     pipeline.set_state(gst::State::Playing).unwrap();
     let wait_for = |n: usize, what: &str| {
         let deadline = Instant::now() + secs(120);
@@ -377,7 +349,12 @@ fn a_producer_killed_and_started_again_is_reconnected() {
     let eos = eos.expect("neither EOS nor an error within 180 s");
     assert_eq!(eos.type_(), gst::MessageType::Eos, "{eos:?}");
     assert_eq!(connects, 2);
-    let colours = frames.lock().unwrap().clone();
+    let colours: Vec<u64> = frames
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|sum| *sum.as_ref().unwrap())
+        .collect();
     let caps = "video/x-raw,format=BGRx,width=320,height=240,framerate=30/1";
     let (red, blue) = (one_frame("red", caps), one_frame("blue", caps));
     assert!(

@@ -353,14 +353,6 @@ fn stop_in_background(pipeline: &gst::Pipeline, wait: Duration) -> (bool, mpsc::
     (rx.recv_timeout(wait).is_ok(), rx)
 }
 
-fn wait_for_file(path: &str) {
-    let deadline = Instant::now() + secs(60);
-    while !std::path::Path::new(path).exists() {
-        assert!(Instant::now() < deadline, "no socket {path}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// What a stalled unixfdsrc client does to a live producer: `client` connects (it is started
 /// once the sink listens) and never reads or releases. Returns the samples, vmemexport's
 /// stats, whether the producer blocked (no frame for 5 s) and NULL did not return while the
@@ -379,7 +371,7 @@ fn unixfdsink_with_stalled_client(
     // it), and looking an element up by name locks every child of the bin in turn.
     let v = element(&pipeline, "v");
     pipeline.set_state(gst::State::Playing).unwrap();
-    wait_for_file(&path);
+    wait_for_socket(&path);
     let disconnect = client(&path);
     let mut samples = sample_for(&frames);
     // Blocked, not just slow: no frame for 5 s in a row (a live 30 fps source), waited for
@@ -460,7 +452,7 @@ fn a_stalled_client_blocks_unixfdsink_not_dmabufsink() {
         "dmabufsink name=s socket-path={path} max-pending=4 hold-timeout={hold_ms}"
     ));
     pipeline.set_state(gst::State::Playing).unwrap();
-    wait_for_file(&path);
+    wait_for_socket(&path);
     let stop = Arc::new(AtomicBool::new(false));
     let connections = Arc::new(AtomicU64::new(0));
     let client = {

@@ -275,6 +275,18 @@ pub fn checksums_on_arrival(
     sums
 }
 
+/// Waits up to 60 s for a socket file at `path` (a sink that binds it when it starts).
+pub fn wait_for_socket(path: &str) {
+    let deadline = std::time::Instant::now() + secs(60);
+    while !std::path::Path::new(path).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no socket at {path} after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A check for [`checksums_on_arrival`]: the buffer's first memory is a dma-buf exported by
 /// one of `exporters` (fdinfo's exp_name: "udmabuf", "vmemexp", ...).
 pub fn exported_by(
