@@ -44,7 +44,6 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 struct Settings {
     socket_path: Option<String>,
     server_uid: i64,
-    is_live: bool,
     retry_timeout_ms: i32,
 }
 
@@ -53,7 +52,6 @@ impl Default for Settings {
         Settings {
             socket_path: None,
             server_uid: DEFAULT_SERVER_UID,
-            is_live: DEFAULT_IS_LIVE,
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
         }
     }
@@ -190,14 +188,8 @@ impl DmabufSrc {
             return Ok(client);
         }
         let settings = self.settings.lock().unwrap().clone();
-        let Some(path) = settings.socket_path else {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::NotFound,
-                ("No socket-path: set it to the socket-path of the dmabufsink to receive from")
-            );
-            return Err(gst::FlowError::Error);
-        };
+        // `start` refused to start without one, and it cannot change after READY.
+        let path = settings.socket_path.ok_or(gst::FlowError::Error)?;
         let uid = u32::try_from(settings.server_uid)
             .unwrap_or_else(|_| rustix::process::geteuid().as_raw());
         let deadline = u64::try_from(settings.retry_timeout_ms)
@@ -490,11 +482,10 @@ impl ObjectImpl for DmabufSrc {
         match pspec.name() {
             "socket-path" => s.socket_path = value.get().unwrap(),
             "server-uid" => s.server_uid = value.get().unwrap(),
+            // BaseSrc keeps it.
             "is-live" => {
-                s.is_live = value.get().unwrap();
-                let live = s.is_live;
                 drop(s);
-                self.obj().set_live(live);
+                self.obj().set_live(value.get().unwrap());
             }
             "retry-timeout" => s.retry_timeout_ms = value.get().unwrap(),
             _ => unimplemented!(),
@@ -509,7 +500,7 @@ impl ObjectImpl for DmabufSrc {
         match pspec.name() {
             "socket-path" => s.socket_path.to_value(),
             "server-uid" => s.server_uid.to_value(),
-            "is-live" => s.is_live.to_value(),
+            "is-live" => self.obj().is_live().to_value(),
             "retry-timeout" => s.retry_timeout_ms.to_value(),
             _ => unimplemented!(),
         }
