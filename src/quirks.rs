@@ -69,6 +69,16 @@ pub const QUIRKS: &[Quirk] = &[
         versions: "1.22-1.28 (fixed after 1.28: off from 1.29 on)",
         test: "vm_pinned::libvpx_frames_share_their_pages",
     },
+    Quirk {
+        name: "kmssink-fd",
+        elements: "kmssink (GstKMSSink)",
+        behaviour: "imports the dma-bufs it receives (PRIME) into the DRM device it opened at \
+                    start; its readable `fd` property is that device's fd from READY on",
+        upstream: "gst-plugins-bad sys/kms/gstkmssink.c, gst_kms_sink_start and \
+                   gst_kms_sink_get_property (PROP_FD)",
+        versions: "1.22-1.28 (`fd` since 1.22)",
+        test: "vm_contiguous::a_display_that_imports_scattered_pages_keeps_udmabuf",
+    },
 ];
 
 /// The elements of the `forwarders` quirk, by GType name.
@@ -141,6 +151,27 @@ pub fn v4l2_import_device(element: &gst::Element) -> Option<PathBuf> {
         .find_property("device")
         .and_then(|_| element.property::<Option<String>>("device"))
         .map(PathBuf::from)
+}
+
+/// The `kmssink-fd` quirk: the DRM device `element` imports the dma-bufs it receives into,
+/// as a duplicate of its own fd, if it is kmssink and has its device open.
+pub fn drm_import_device(element: &gst::Element) -> Option<crate::kernel::DrmNode> {
+    if !derives_from(element, |name| name == "GstKMSSink") {
+        return None;
+    }
+    let pspec = element.find_property("fd")?;
+    if !pspec.flags().contains(gst::glib::ParamFlags::READABLE) {
+        return None;
+    }
+    let fd = element.property::<i32>("fd");
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: kmssink keeps `fd` open from start to stop; it is duplicated at once, and a
+    // stop racing this read at worst makes the duplicate fail or name another file, which
+    // the DRM version query then refuses or the trial answers for that file.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    crate::kernel::DrmNode::from_shared_fd(borrowed).ok()
 }
 
 /// The `v4l2-capture-import` quirk: whether `element`'s capture side imports the dma-bufs of

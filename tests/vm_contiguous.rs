@@ -236,3 +236,37 @@ fn frames_outside_the_pool_are_copied_into_cma_as_needs_contiguous() {
     assert_eq!(arrivals.exporters(), only(CMA));
     assert_eq!(arrivals.checksums(), reference_checksums());
 }
+
+#[test]
+#[ignore = "needs the VM testbed"]
+fn a_display_that_imports_scattered_pages_keeps_udmabuf() {
+    // kmssink is asked too: a trial PRIME import of scattered pages into the DRM device it has
+    // open (its `fd`, the kmssink-fd quirk). vkms takes them (shmem GEM), so its frames stay
+    // udmabuf exports; a display controller on the GEM DMA helpers would refuse the trial and
+    // get CMA frames, as vivid instance 1 does above. The trial is in the log, once a run.
+    init();
+    let log = LogCapture::new(&["vmemexport"], gst::DebugLevel::Info);
+    let caps = "video/x-raw,format=BGRx,width=640,height=480,framerate=30/1";
+    let pipeline = launch(&format!(
+        "videotestsrc num-buffers={FRAMES} pattern=ball ! {caps} ! vmemexport name=v ! \
+         tee name=t ! queue ! kmssink name=sink driver-name=vkms sync=false \
+         t. ! queue ! fakesink sync=false"
+    ));
+    let arrivals = Arrivals::install(&pipeline, "sink");
+    let result = run_for(&pipeline, secs(60));
+    assert_eq!(result.error, None);
+    let v = element(&pipeline, "v");
+    assert_eq!(stat(&v, "copies"), 0);
+    assert_eq!(contiguous_for(&v), "");
+    assert_eq!(arrivals.exporters(), only("udmabuf"));
+    let trials = log.count("vmemexport", "imports scattered pages");
+    assert_eq!(
+        trials, 1,
+        "one trial for kmssink's DRM device, through the tee"
+    );
+    assert_eq!(
+        log.count("vmemexport", "sink (GstKMSSink): /dev/dri/card"),
+        1,
+        "the trial names the kmssink and its card node"
+    );
+}

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! DRM nodes: finding one by driver name, PRIME import of dma-bufs, framebuffer checks.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,6 +62,34 @@ impl DrmNode {
             .into_owned();
         // Fails (EINVAL) when this fd is not master, and on render nodes (EACCES): both fine.
         let _ = node.release_master_lock();
+        Ok(node)
+    }
+
+    /// The DRM device another element has open as `fd` (kmssink's `fd` property), for a trial
+    /// import into that very device: the fd is duplicated (close-on-exec), so the node stays
+    /// valid when its owner closes its own, and DRM master is left as it is (the owner's file
+    /// may hold it).
+    pub fn from_shared_fd(fd: BorrowedFd<'_>) -> Result<DrmNode> {
+        let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| Error::Io {
+            op: "F_DUPFD_CLOEXEC of a DRM fd",
+            source: e.into(),
+        })?;
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", dup.as_raw_fd()))
+            .unwrap_or_else(|_| PathBuf::from("(a DRM fd)"));
+        let mut node = DrmNode {
+            fd: dup,
+            path,
+            driver: String::new(),
+        };
+        node.driver = node
+            .get_driver()
+            .map_err(|e| Error::Io {
+                op: "DRM_IOCTL_VERSION (is this a DRM fd?)",
+                source: e,
+            })?
+            .name()
+            .to_string_lossy()
+            .into_owned();
         Ok(node)
     }
 

@@ -25,3 +25,12 @@ pub fn v4l2_importers(src: &gst::Pad) -> Vec<(String, std::path::PathBuf)> {
         crate::quirks::v4l2_import_device(element).map(|dev| (walk::describe(element), dev))
     })
 }
+
+/// Every element downstream of `src` that imports the dma-bufs it receives into a DRM device
+/// (kmssink), with that device: the owner's fd duplicated, for
+/// [`crate::kernel::DrmNode::import_trial`].
+pub fn drm_importers(src: &gst::Pad) -> Vec<(String, crate::kernel::DrmNode)> {
+    walk::collect_beyond(src, |element| {
+        crate::quirks::drm_import_device(element).map(|node| (walk::describe(element), node))
+    })
+}

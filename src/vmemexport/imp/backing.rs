@@ -42,9 +42,9 @@ pub(super) struct State {
     /// Every memfd allocator made for this run: each keeps released memories for reuse until
     /// flushed at stop.
     pub(super) allocators: Vec<MemfdAllocator>,
-    /// What each V4L2 device's import trial answered (true: contiguous memory only), so that
-    /// a renegotiation does not ask again while the device streams.
-    pub(super) contiguity: HashMap<PathBuf, bool>,
+    /// What each importing device's trial answered (or why there was none), by device node,
+    /// so that a renegotiation does not ask again while the device streams.
+    pub(super) contiguity: HashMap<PathBuf, Result<kernel::ImportTrial, String>>,
 }
 
 impl VmemExport {
@@ -154,33 +154,32 @@ impl VmemExport {
     }
 
     /// With `backing=auto`, the first consumer downstream (in any branch) whose device imports
-    /// only physically contiguous memory. Each V4L2 device that imports vmemexport's dma-bufs
-    /// is asked once, with a scattered trial buffer on its idle output queue
-    /// ([`kernel::output_import_trial`]). This opens devices and allocates: call it without the
+    /// only physically contiguous memory. Each device that imports vmemexport's dma-bufs is
+    /// asked once, with a scattered trial buffer: a V4L2 device on its idle output queue
+    /// ([`kernel::output_import_trial`]), a display (kmssink) by a PRIME import into the DRM
+    /// device it has open ([`kernel::DrmNode::import_trial`]; drivers on the GEM DMA helpers
+    /// refuse scattered pages there). This opens devices and allocates: call it without the
     /// state lock.
     pub(super) fn contiguous_consumer(&self, settings: &Settings) -> Option<String> {
         if settings.backing != Backing::Auto {
             return None;
         }
-        for (consumer, device) in
-            crate::vmemexport::downstream::v4l2_importers(self.obj().src_pad())
-        {
-            let known = self
-                .state
-                .lock()
-                .unwrap()
-                .as_ref()
-                .and_then(|s| s.contiguity.get(&device).copied());
-            let contiguous_only = match known {
-                Some(answer) => answer,
-                None => {
-                    let answer = self.import_trial(&consumer, &device);
-                    if let Some(state) = self.state.lock().unwrap().as_mut() {
-                        state.contiguity.insert(device.clone(), answer);
-                    }
-                    answer
-                }
-            };
+        let src = self.obj().src_pad().clone();
+        for (consumer, device) in crate::vmemexport::downstream::v4l2_importers(&src) {
+            let contiguous_only = self.contiguous_only(&consumer, &device, || {
+                kernel::Udmabuf::open()
+                    .and_then(|u| kernel::output_import_trial(&device, |size| u.scattered(size)))
+            });
+            if contiguous_only {
+                return Some(consumer);
+            }
+        }
+        for (consumer, node) in crate::vmemexport::downstream::drm_importers(&src) {
+            let node = std::sync::Arc::new(node);
+            let device = node.path().to_path_buf();
+            let contiguous_only = self.contiguous_only(&consumer, &device, || {
+                kernel::Udmabuf::open().and_then(|u| node.import_trial(|size| u.scattered(size)))
+            });
             if contiguous_only {
                 return Some(consumer);
             }
@@ -188,11 +187,30 @@ impl VmemExport {
         None
     }
 
-    /// Whether `device` (the V4L2 node of `consumer`) refuses scattered pages.
-    fn import_trial(&self, consumer: &str, device: &std::path::Path) -> bool {
-        let trial = kernel::Udmabuf::open()
-            .and_then(|u| kernel::output_import_trial(device, |size| u.scattered(size)));
-        match trial {
+    /// Whether `device` (the node of `consumer`) refuses scattered pages: `trial` asks it once
+    /// a run, and the answer is remembered; said in the debug log when asked.
+    fn contiguous_only(
+        &self,
+        consumer: &str,
+        device: &std::path::Path,
+        trial: impl FnOnce() -> Result<kernel::ImportTrial, kernel::Error>,
+    ) -> bool {
+        let known = self
+            .state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|s| s.contiguity.get(device).cloned());
+        if let Some(answer) = known {
+            return answer == Ok(kernel::ImportTrial::ContiguousOnly);
+        }
+        let answer = trial().map_err(|e| e.to_string());
+        if let Some(state) = self.state.lock().unwrap().as_mut() {
+            state
+                .contiguity
+                .insert(device.to_path_buf(), answer.clone());
+        }
+        match answer {
             Ok(kernel::ImportTrial::ContiguousOnly) => {
                 gst::info!(
                     CAT,
