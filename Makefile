@@ -107,8 +107,15 @@ test:
 	$(MAKE) checkpatch dkms-check
 	tests/vm/check-all $(USERLANDS)
 
+# The LD_PRELOAD copy counter of the decoder benchmark (bench/memcpy-count), beside bench.
+MEMCPY_COUNT = target/release/libmemcpy_count.so
+$(MEMCPY_COUNT): bench/memcpy-count/memcpy_count.c
+	mkdir -p $(@D)
+	cc -O2 -Wall -Wextra -Werror -shared -fPIC -fno-builtin -fno-tree-loop-distribute-patterns \
+	  -o $@ $< -ldl
+
 # What make demo, bench and soak need: the testbed for USERLAND and the release build.
-vm-ready:
+vm-ready: $(MEMCPY_COUNT)
 	tests/vm/setup host
 	tests/vm/setup kernel >/dev/null
 	tests/vm/setup userland $(USERLAND)
@@ -119,9 +126,13 @@ vm-ready:
 demo: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/demo
 
-# Benchmarks (figures, never a failure on a number): results/gst-<version>/bench.{json,csv,md}.
+# Benchmarks (figures, never a failure on a number): results/gst-<version>/bench.{json,csv,md};
+# then the decoder into a YUV plane on kernel 7.x (vkms takes YUV there) and into GL on 1.28
+# (glupload's own udmabuf pool): results/gst-1.28/bench-{yuv,gl}.{json,csv,md}.
 bench: vm-ready module
 	tests/vm/run --userland $(USERLAND) -- tests/vm/bench $(BENCH_ARGS)
+	tests/vm/run --kernel 7 --userland 1.28 -- tests/vm/bench --only yuv $(BENCH_ARGS)
+	tests/vm/run --userland 1.28 -- tests/vm/bench --only gl $(BENCH_ARGS)
 
 # Soak and faults (full figures; the VM suite runs a short one): results/gst-<version>/soak.md.
 soak: vm-ready

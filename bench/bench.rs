@@ -3,6 +3,8 @@
 //! Figures, not pass/fail: results go to RESULTS_DIR as bench.json, bench.csv and bench.md.
 //!
 //!     bench RESULTS_DIR [--quick] [--note TEXT]   (TEXT: the conditions of the run, into bench.md)
+//!     bench RESULTS_DIR --only SET   (one set of section 5 alone, into bench-SET.{md,json,csv}:
+//!                                     `yuv` on kernel 7.x, `gl` on GStreamer 1.28)
 //!     bench --plot-only RESULTS_DIR/bench.json   (redraws bench.png, bench-e2e.png, bench-decoder.png)
 //!
 //! 1. vmemexport alone: per-frame time between its sink and src pads, zero-copy path vs its
@@ -17,7 +19,10 @@
 //! 5. A software decoder (avdec_h264, 1280x720 H.264 made by x264enc) into a display (kmssink)
 //!    and into an encoder (v4l2fwhtenc), with vmemexport and on upstream's copy path: CPU time,
 //!    bytes copied and memory held per arm, each arm in a child process of its own
-//!    (bench/decoder).
+//!    (bench/decoder). Copies are counted from GStreamer's log and by an LD_PRELOAD counter of
+//!    memcpy (bench/memcpy-count). `make bench` also runs the set `yuv` (the decoder straight
+//!    to a YUV plane, and a tee to display and encoder) on kernel 7.x and `gl` (glupload's own
+//!    udmabuf pool against vmemexport's) on GStreamer 1.28.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -202,7 +207,10 @@ fn main() {
         }
         return;
     }
-    let dir = std::path::PathBuf::from(args.first().expect("usage: bench RESULTS_DIR [--quick]"));
+    let dir = std::path::PathBuf::from(
+        args.first()
+            .expect("usage: bench RESULTS_DIR [--quick] [--note TEXT] [--only SET]"),
+    );
     let quick = args.iter().any(|a| a == "--quick");
     let note = args
         .iter()
@@ -236,6 +244,24 @@ fn main() {
             "  \"note\": {},",
             serde_json::Value::from(note.as_str())
         );
+    }
+
+    // `--only SET`: one decoder set alone (make bench runs `yuv` on kernel 7.x and `gl` on
+    // GStreamer 1.28), into bench-SET.{md,json,csv}.
+    if let Some(id) = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+    {
+        let set = decoder::set(id).unwrap_or_else(|| panic!("no decoder set '{id}'"));
+        let (frames, reps) = if quick { (30, 1) } else { (60, REPS) };
+        decoder::section(set, &mut md, &mut csv, &mut json, frames, reps);
+        json.push_str("}\n");
+        std::fs::write(dir.join(format!("bench-{id}.json")), json).unwrap();
+        std::fs::write(dir.join(format!("bench-{id}.csv")), csv).unwrap();
+        std::fs::write(dir.join(format!("bench-{id}.md")), &md).unwrap();
+        println!("{md}");
+        return;
     }
 
     // 1. vmemexport alone.
@@ -494,7 +520,8 @@ fn main() {
 
     // 5. A software decoder into a display and into an encoder.
     let (frames, reps) = if quick { (30, 1) } else { (60, REPS) };
-    decoder::section(&mut md, &mut csv, &mut json, frames, reps);
+    let main_set = decoder::set("main").unwrap();
+    decoder::section(main_set, &mut md, &mut csv, &mut json, frames, reps);
     json.push_str("}\n");
 
     std::fs::write(dir.join("bench.json"), json).unwrap();

@@ -32,47 +32,142 @@ pub struct Case {
     pub arms: &'static [(&'static str, &'static str, &'static str)],
 }
 
-/// The display needs RGB (vkms 6.12 scans out RGB only), so both display arms convert to BGRx;
-/// videoconvert writes into the buffers of what follows it: kmssink's dumb buffers, or
-/// vmemexport's exportable pool. The encoder's third arm is vmemexport's copy fallback (its
-/// pool not proposed upstream, no pinning): one copy into a dma-buf of the natural layout.
-pub const CASES: [Case; 2] = [
-    Case {
-        name: "display (kmssink)",
-        arms: &[
-            (
-                "upstream",
-                "upstream (copy path)",
-                "videoconvert ! video/x-raw,format=BGRx ! kmssink driver-name=vkms sync=false",
-            ),
-            (
-                "ours",
-                "vmemexport",
-                "videoconvert ! video/x-raw,format=BGRx ! vmemexport name=v ! kmssink driver-name=vkms sync=false",
-            ),
+/// A group of cases measured in one `make bench` VM run: the kernel and userland decide which
+/// (vkms takes YUV from kernel 7.x on; 1.28's glupload offers its own udmabuf pool).
+pub struct Set {
+    /// `bench --only ID` (and the arms' ids, `ID/CASE/VARIANT`).
+    pub id: &'static str,
+    pub title: &'static str,
+    pub cases: &'static [Case],
+    /// What is particular to these cases, after the common notes.
+    pub note: &'static str,
+}
+
+/// The sets: `main` runs in the default bench run (kernel 6.12), `yuv` on kernel 7.x, `gl` on
+/// GStreamer 1.28.
+pub const SETS: [Set; 3] = [
+    // The display needs RGB (vkms 6.12 scans out RGB only), so both display arms convert to
+    // BGRx; videoconvert writes into the buffers of what follows it: kmssink's dumb buffers,
+    // or vmemexport's exportable pool. The encoder's third arm is vmemexport's copy fallback
+    // (its pool not proposed upstream, no pinning): one copy into a dma-buf of the natural
+    // layout.
+    Set {
+        id: "main",
+        title: "A software decoder into a display and an encoder",
+        cases: &[
+            Case {
+                name: "display (kmssink)",
+                arms: &[
+                    (
+                        "upstream",
+                        "upstream (copy path)",
+                        "videoconvert ! video/x-raw,format=BGRx ! kmssink driver-name=vkms sync=false",
+                    ),
+                    (
+                        "ours",
+                        "vmemexport",
+                        "videoconvert ! video/x-raw,format=BGRx ! vmemexport name=v ! kmssink driver-name=vkms sync=false",
+                    ),
+                ],
+            },
+            Case {
+                name: "encoder (v4l2fwhtenc)",
+                arms: &[
+                    ("upstream", "upstream (copy path)", "v4l2fwhtenc ! fakesink"),
+                    (
+                        "ours",
+                        "vmemexport",
+                        "vmemexport name=v ! v4l2fwhtenc output-io-mode=dmabuf-import ! fakesink",
+                    ),
+                    (
+                        "ours-copy",
+                        "vmemexport, copy fallback",
+                        "vmemexport name=v propose-pool=false pin-system-memory=false ! v4l2fwhtenc output-io-mode=dmabuf-import ! fakesink",
+                    ),
+                ],
+            },
         ],
+        note: "Both display arms convert to BGRx (vkms on 6.12 scans out RGB only); videoconvert \
+               writes into the buffers of the element after it when that element offers a pool.",
     },
-    Case {
-        name: "encoder (v4l2fwhtenc)",
-        arms: &[
-            ("upstream", "upstream (copy path)", "v4l2fwhtenc ! fakesink"),
-            (
-                "ours",
-                "vmemexport",
-                "vmemexport name=v ! v4l2fwhtenc output-io-mode=dmabuf-import ! fakesink",
-            ),
-            (
-                "ours-copy",
-                "vmemexport, copy fallback",
-                "vmemexport name=v propose-pool=false pin-system-memory=false ! v4l2fwhtenc output-io-mode=dmabuf-import ! fakesink",
-            ),
+    // Kernel 7.x: vkms's planes take I420, so the decoder's frames go to the display as they
+    // are. Upstream: kmssink offers its dumb-buffer pool to the decoder.
+    Set {
+        id: "yuv",
+        title: "A software decoder straight to a YUV plane, and to the display and an encoder at once",
+        cases: &[
+            Case {
+                name: "display (kmssink, I420 plane)",
+                arms: &[
+                    (
+                        "upstream",
+                        "upstream (kmssink's dumb buffers)",
+                        "kmssink driver-name=vkms sync=false",
+                    ),
+                    (
+                        "ours",
+                        "vmemexport",
+                        "vmemexport name=v ! kmssink driver-name=vkms sync=false",
+                    ),
+                ],
+            },
+            Case {
+                name: "display + encoder (tee)",
+                arms: &[
+                    (
+                        "upstream",
+                        "upstream (copy path)",
+                        "tee name=t ! queue ! kmssink driver-name=vkms sync=false t. ! queue ! v4l2fwhtenc ! fakesink",
+                    ),
+                    (
+                        "ours",
+                        "vmemexport",
+                        "vmemexport name=v ! tee name=t ! queue ! kmssink driver-name=vkms sync=false t. ! queue ! v4l2fwhtenc output-io-mode=dmabuf-import ! fakesink",
+                    ),
+                ],
+            },
         ],
+        note: "No conversion: vkms on this kernel takes the decoder's I420 on its plane. Upstream, \
+               kmssink offers its own pool of dumb buffers to the decoder; with vmemexport the \
+               decoder writes into vmemexport's exportable pool and kmssink imports those pages.",
+    },
+    // GStreamer 1.28: glupload offers its own udmabuf pool (GstVideoDmabufPool) upstream, so
+    // plain 1.28 is already zero-copy into GL; vmemexport must not make that worse.
+    Set {
+        id: "gl",
+        title: "A software decoder into GL on GStreamer 1.28: glupload's own udmabuf pool and vmemexport's",
+        cases: &[Case {
+            name: "GL (glupload)",
+            arms: &[
+                (
+                    "upstream",
+                    "plain 1.28 (glupload's pool)",
+                    "glupload ! fakesink",
+                ),
+                (
+                    "ours",
+                    "vmemexport",
+                    "vmemexport name=v ! glupload ! fakesink",
+                ),
+            ],
+        }],
+        note: "glupload imports through EGL (Mesa's llvmpipe on a GBM display on vgem, as in \
+               tests/vm_consumers.rs); the uploaders it used are counted from its own log \
+               (`uploader NAME returned`); `video/x-raw(memory:GLMemory)` after it makes it upload (it \
+               would otherwise pass dma-bufs through to fakesink). On 1.28 it proposes a GstVideoDmabufPool (memfd + \
+               udmabuf) to upstream, so without vmemexport the decoder can already render into \
+               dma-bufs; with vmemexport, vmemexport's own pool is what the decoder renders into.",
     },
 ];
 
+pub fn set(id: &str) -> Option<&'static Set> {
+    SETS.iter().find(|s| s.id == id)
+}
+
 fn arm_desc(arm: &str, stream: &str) -> Option<String> {
-    let (case, variant) = arm.split_once('/')?;
-    let case = CASES.get(case.parse::<usize>().ok()?)?;
+    let mut parts = arm.splitn(3, '/');
+    let (set_id, case, variant) = (parts.next()?, parts.next()?, parts.next()?);
+    let case = set(set_id)?.cases.get(case.parse::<usize>().ok()?)?;
     let tail = case.arms.iter().find(|a| a.0 == variant)?.2;
     Some(format!(
         "filesrc location={stream} ! video/x-h264,stream-format=byte-stream ! h264parse ! avdec_h264 ! {tail}"
@@ -134,6 +229,8 @@ struct CopyLog {
     frame_copy_bytes: u64,
     memory_copy_bytes: u64,
     announced: BTreeMap<String, u64>,
+    /// glupload's uploaders, by name: one `uploader NAME returned` line a buffer.
+    uploaders: BTreeMap<String, u64>,
 }
 
 fn record(log: &mut CopyLog, function: &str, object: Option<String>, message: &str) {
@@ -183,8 +280,24 @@ pub fn child_main(args: &[String]) {
         gst::log::remove_default_log_function();
         gst::log::set_active(true);
         gst::log::set_threshold_for_name("GST_PERFORMANCE", gst::DebugLevel::Memdump);
+        gst::log::set_threshold_for_name("glupload", gst::DebugLevel::Log);
         let c = copies.clone();
         gst::log::add_log_function(move |cat, _, _, function, _, object, message| {
+            if cat.name() == "glupload" {
+                let m = message.get();
+                let m = m.as_ref().map(|m| m.as_str()).unwrap_or_default();
+                if let Some(name) = m
+                    .strip_prefix("uploader ")
+                    .and_then(|r| Some(&r[..r.find(" returned")?]))
+                {
+                    *c.lock()
+                        .unwrap()
+                        .uploaders
+                        .entry(name.to_string())
+                        .or_default() += 1;
+                }
+                return;
+            }
             if cat.name() != "GST_PERFORMANCE" {
                 return;
             }
@@ -238,6 +351,7 @@ pub fn child_main(args: &[String]) {
         "frame_copy_bytes": count_copies.then_some(log.frame_copy_bytes),
         "memory_copy_bytes": count_copies.then_some(log.memory_copy_bytes),
         "copies_announced": count_copies.then(|| log.announced.clone()),
+        "uploaders": count_copies.then(|| log.uploaders.clone()),
         "vmemexport_copies": stat("copies"),
         "vmemexport_bytes_copied": stat("bytes-copied"),
         "vmemexport_exported": stat("exported"),
@@ -245,26 +359,90 @@ pub fn child_main(args: &[String]) {
     println!("DECODER-ARM {out}");
 }
 
-/// Runs one arm in a child process; its JSON line, or why there is none.
+/// The LD_PRELOAD copy counter (bench/memcpy-count), built beside this binary by `make
+/// bench`; None where it is missing.
+fn memcpy_counter() -> Option<std::path::PathBuf> {
+    let so = std::env::current_exe()
+        .ok()?
+        .with_file_name("libmemcpy_count.so");
+    so.exists().then_some(so)
+}
+
+/// What the counter saw in one process: (all calls, bytes; calls of 64 KiB or more, bytes;
+/// calls of 512 bytes up to 64 KiB, bytes).
+#[derive(Clone, Copy, Default)]
+pub struct Memcpy {
+    pub bytes: u64,
+    pub large_calls: u64,
+    pub large_bytes: u64,
+    pub line_bytes: u64,
+}
+
+fn read_memcpy(path: &std::path::Path, pid: u32) -> Option<Memcpy> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&pid.to_string()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    Some(Memcpy {
+        bytes: *v.get(1)?,
+        large_calls: *v.get(2)?,
+        large_bytes: *v.get(3)?,
+        line_bytes: *v.get(5)?,
+    })
+}
+
+/// Runs one arm in a child process; its JSON line, or why there is none. The counting run
+/// also runs under the copy counter, when there is one.
 fn run_arm(arm: &str, stream: &std::path::Path, frames: u32, count: bool) -> Result<Value, String> {
     let mut cmd = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.arg("--decoder-arm")
         .arg(arm)
         .arg(stream)
         .arg(frames.to_string());
-    if count {
+    let counter = if count {
         cmd.arg("--count-copies");
-    }
-    let out = cmd
+        memcpy_counter().map(|so| {
+            let out = std::env::temp_dir().join(format!(
+                "vmem-memcpy-{}-{}.txt",
+                std::process::id(),
+                arm.replace('/', "-")
+            ));
+            let _ = std::fs::remove_file(&out);
+            cmd.env("LD_PRELOAD", so).env("VMEM_MEMCPY_COUNT", &out);
+            out
+        })
+    } else {
+        None
+    };
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()
         .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("DECODER-ARM "))
         .ok_or_else(|| format!("{arm}: child exited with {} and no figures", out.status))?;
-    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let mut v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    if let Some(path) = counter {
+        if let Some(m) = read_memcpy(&path, pid) {
+            v["memcpy"] = json!({
+                "bytes": m.bytes,
+                "large_calls": m.large_calls,
+                "large_bytes": m.large_bytes,
+                "line_bytes": m.line_bytes,
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    }
     match v["error"].as_str() {
         // One line: the message goes into a table cell.
         Some(e) => Err(format!(
@@ -288,6 +466,10 @@ pub struct Arm {
     pub announced: Vec<(String, f64)>,
     pub vmemexport: Option<(u64, u64, u64)>,
     pub frames_seen: u64,
+    /// The copy counter's figures for the whole counting run; None without the counter.
+    pub memcpy: Option<Memcpy>,
+    /// glupload's uploaders and how many buffers each took.
+    pub uploaders: Vec<(String, u64)>,
 }
 
 pub struct Row {
@@ -336,14 +518,32 @@ fn measure_arm(
             .as_u64()
             .map(|c| (c, u("vmemexport_bytes_copied"), u("vmemexport_exported"))),
         frames_seen: u("frames_seen"),
+        memcpy: counted["memcpy"].is_object().then(|| {
+            let m = |k: &str| counted["memcpy"][k].as_u64().unwrap_or(0);
+            Memcpy {
+                bytes: m("bytes"),
+                large_calls: m("large_calls"),
+                large_bytes: m("large_bytes"),
+                line_bytes: m("line_bytes"),
+            }
+        }),
+        uploaders: counted["uploaders"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
-/// Encodes the stream once, then measures every arm.
-pub fn measure(frames: u32, reps: usize) -> Vec<Row> {
+/// Encodes the stream once, then measures every arm of `set`.
+pub fn measure(set: &Set, frames: u32, reps: usize) -> Vec<Row> {
     let stream = std::env::temp_dir().join(format!("vmem-bench-{}.h264", std::process::id()));
     encode(&stream, frames);
-    let rows = CASES
+    let rows = set
+        .cases
         .iter()
         .enumerate()
         .map(|(i, case)| Row {
@@ -352,7 +552,7 @@ pub fn measure(frames: u32, reps: usize) -> Vec<Row> {
                 .arms
                 .iter()
                 .map(|&(variant, label, _)| {
-                    let arm = format!("{i}/{variant}");
+                    let arm = format!("{}/{i}/{variant}", set.id);
                     (variant, label, measure_arm(&arm, &stream, frames, reps))
                 })
                 .collect(),
@@ -384,20 +584,38 @@ fn arm_json(case: &str, variant: &str, arm: &Result<Arm, String>) -> Value {
             "dmabuf_system_bytes_max": a.dmabuf_system_bytes,
             "copies_announced_per_frame": a.announced.iter().cloned().collect::<BTreeMap<_, _>>(),
             "vmemexport": a.vmemexport.map(|(c, b, e)| json!({"copies": c, "bytes_copied": b, "exported": e})),
+            "memcpy_per_frame": a.memcpy.map(|m| {
+                let n = a.frames_seen.max(1) as f64;
+                json!({
+                    "bytes": m.bytes as f64 / n,
+                    "large_bytes": m.large_bytes as f64 / n,
+                    "large_calls": m.large_calls as f64 / n,
+                    "line_bytes": m.line_bytes as f64 / n,
+                })
+            }),
+            "uploaders": a.uploaders.iter().cloned().collect::<BTreeMap<_, _>>(),
         }),
     }
 }
 
 /// Section 5 into the results: a table per arm, the ratios within this run, and the notes
 /// that say how each figure was obtained.
-pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames: u32, reps: usize) {
+pub fn section(
+    set: &Set,
+    md: &mut String,
+    csv: &mut String,
+    json_out: &mut String,
+    frames: u32,
+    reps: usize,
+) {
     use std::fmt::Write as _;
-    let rows = measure(frames, reps);
+    let rows = measure(set, frames, reps);
     let _ = write!(
         md,
-        "\n### A software decoder into a display and an encoder: avdec_h264, {WIDTH}x{HEIGHT}, {frames} frames\n\n\
-         | pipeline | path | CPU per frame (ms) | bytes copied per frame | of which frame copies / memory copies | peak RSS (MiB) | dma-bufs alive, max (MiB) | vmemexport copies / exported |\n\
-         |---|---|---|---|---|---|---|---|\n"
+        "\n### {}: avdec_h264, {WIDTH}x{HEIGHT}, {frames} frames\n\n\
+         | pipeline | path | CPU per frame (ms) | bytes copied per frame | of which frame copies / memory copies | memcpy per frame: all / in calls >= 64 KiB / in calls of 512 B-64 KiB | peak RSS (MiB) | dma-bufs alive, max (MiB) | vmemexport copies / exported |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        set.title
     );
     let mut json_rows = Vec::new();
     for row in &rows {
@@ -405,7 +623,7 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
             json_rows.push(arm_json(row.case, variant, arm));
             match arm {
                 Err(e) => {
-                    let _ = writeln!(md, "| {} | {label} | failed: {e} | | | | | |", row.case);
+                    let _ = writeln!(md, "| {} | {label} | failed: {e} | | | | | | |", row.case);
                 }
                 Ok(a) => {
                     let dmabufs = match a.dmabuf_system_bytes {
@@ -416,9 +634,18 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
                         ),
                         None => format!("fds: {:.1}", mib(a.dmabuf_fd_bytes as f64)),
                     };
+                    let memcpy = a.memcpy.map_or("not counted".to_string(), |m| {
+                        let n = a.frames_seen.max(1) as f64;
+                        format!(
+                            "{:.2} / {:.2} / {:.2} MiB",
+                            mib(m.bytes as f64 / n),
+                            mib(m.large_bytes as f64 / n),
+                            mib(m.line_bytes as f64 / n)
+                        )
+                    });
                     let _ = writeln!(
                         md,
-                        "| {} | {label} | {:.1} ({:.1}..{:.1}) | {:.2} MiB | {:.2} / {:.2} MiB | {:.0} | {dmabufs} | {} |",
+                        "| {} | {label} | {:.1} ({:.1}..{:.1}) | {:.2} MiB | {:.2} / {:.2} MiB | {memcpy} | {:.0} | {dmabufs} | {} |",
                         row.case,
                         a.cpu_us.median / 1e3,
                         a.cpu_us.min / 1e3,
@@ -434,6 +661,11 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
                         ("cpu_us_per_frame", a.cpu_us.median),
                         ("copied_bytes_per_frame", a.copied_bytes_per_frame),
                         ("peak_rss_kib", a.peak_rss_kib as f64),
+                        (
+                            "memcpy_bytes_per_frame",
+                            a.memcpy
+                                .map_or(f64::NAN, |m| m.bytes as f64 / a.frames_seen.max(1) as f64),
+                        ),
                         ("dmabuf_fd_bytes_max", a.dmabuf_fd_bytes as f64),
                         (
                             "dmabuf_system_bytes_max",
@@ -450,8 +682,8 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
                         };
                         let _ = writeln!(
                             csv,
-                            "decoder,{},{variant},{metric},{v:.1},{lo},{hi}",
-                            row.case
+                            "decoder-{},{},{variant},{metric},{v:.1},{lo},{hi}",
+                            set.id, row.case
                         );
                     }
                 }
@@ -513,6 +745,24 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
             }
         }
     }
+    let uploads: Vec<String> = rows
+        .iter()
+        .flat_map(|row| row.arms.iter().map(move |arm| (row.case, arm)))
+        .filter_map(|(case, (_, label, arm))| {
+            let a = arm.as_ref().ok().filter(|a| !a.uploaders.is_empty())?;
+            let list = a
+                .uploaders
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Some(format!("- {case}, {label}: {list}\n"))
+        })
+        .collect();
+    if !uploads.is_empty() {
+        md.push_str("\nglupload's uploaders (buffers each took, counting run):\n\n");
+        md.extend(uploads);
+    }
     let _ = write!(
         md,
         "\nHow each figure is obtained. The stream ({frames} frames of a moving test pattern, x264enc \
@@ -525,7 +775,12 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
          reports (kmssink's frame copy, the V4L2 pool's copy, a decoder copying out of its own \
          buffers, vmemexport's copy fallback), memory copies the bytes `_sysmem_copy` reports (deep \
          copies of system memory); caps, structure and buffer-header copies and the compressed \
-         input are left out. Peak RSS: VmHWM, reset (clear_refs 5) just before the run; it counts \
+         input are left out. memcpy: the same run under an LD_PRELOAD counter \
+         (bench/memcpy-count) of every memcpy, memmove and mempcpy call the process makes, \
+         whoever calls it (GStreamer, FFmpeg, Mesa): all bytes, the bytes in calls of 64 KiB \
+         or more (a plane at once), and in calls of 512 bytes to 64 KiB (row by row frame \
+         copies, 1,280 bytes a row here), over the frames; copies made by a library's own \
+         loops (orc, SIMD) are not seen. Peak RSS: VmHWM, reset (clear_refs 5) just before the run; it counts \
          the pages the process maps: its heap, the memfd pages behind our dma-bufs, kmssink's mapped \
          dumb buffers and the V4L2 MMAP buffers the copy path writes into. dma-bufs alive: the \
          most at once, sampled every 10 frames in the counting run: all dma-bufs of the guest from \
@@ -533,10 +788,9 @@ pub fn section(md: &mut String, csv: &mut String, json_out: &mut String, frames:
          process holds fds of (/proc/self/fdinfo, each buffer once). They are the part of that \
          memory shared with devices, already inside the RSS when mapped: do not add them. \
          The consumers' own buffers count where they export them: kmssink's dumb buffers and the \
-         V4L2 MMAP buffers are dma-bufs too. \
-         Both display arms convert to BGRx (vkms scans out RGB only); videoconvert writes into the \
-         buffers of the element after it when that element offers a pool.\n"
+         V4L2 MMAP buffers are dma-bufs too. {}\n",
+        set.note
     );
-    let section = json!({"frames": frames, "reps": reps, "width": WIDTH, "height": HEIGHT, "arms": json_rows});
+    let section = json!({"set": set.id, "frames": frames, "reps": reps, "width": WIDTH, "height": HEIGHT, "arms": json_rows});
     let _ = writeln!(json_out, "  \"decoder\": {section}");
 }
