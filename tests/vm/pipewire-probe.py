@@ -380,6 +380,7 @@ def report(args):
         ref_index.setdefault(c, i)
     rows = {}
     raw = {}
+    raw_errors = {}
     for arm in arms:
         prod = json.load(open(os.path.join(work, f"{arm}.producer.json")))
         cons_path = os.path.join(work, f"{arm}.consumer.json")
@@ -440,8 +441,34 @@ def report(args):
             r["memory into vmemexport / its pool"] = "-"
             r["vmemexport stats: frames, exported, cache hits, copies, bytes copied"] = "-"
         try:
-            errors = sorted({re.sub(r"^\[E\]\[[0-9.]+\] *", "", line.strip())
-                             for line in open(os.path.join(work, f"{arm}.pwerrors"))})
+            # PipeWire dumps the Buffers params it could not intersect line by line
+            # (pw_context_debug_port_params): shown here are the link's error and each side's
+            # dataType flags (bit 1 MemPtr, 2 MemFd, 3 DmaBuf); raw.json has every line.
+            lines_ = [line.strip() for line in open(os.path.join(work, f"{arm}.pwerrors"))]
+            raw_errors[arm] = lines_
+            errors, side, want = [], None, False
+            for line in lines_:
+                msg = re.sub(r"^\[E\]\[[0-9.]+\] *", "", line)
+                m = re.search(r"params \S+: .*\((input|output) param\)", msg)
+                if m:
+                    side = m.group(1)
+                    continue
+                if "pw_context_debug_port_params" in msg:
+                    if "BlockInfo:dataType" in msg:
+                        want = True
+                    elif want and (m := re.search(r"Int ([0-9]+)$", msg)):
+                        names = [n for b, n in ((1, "MemPtr"), (2, "MemFd"), (3, "DmaBuf"))
+                                 if int(m.group(1)) >> b & 1]
+                        e = f"{side} port's Buffers dataType: {'|'.join(names)}"
+                        if e not in errors:
+                            errors.append(e)
+                        want = False
+                    continue
+                msg = re.sub(r"^\S+ *\| \[ *[a-z-]+\.c: *[0-9]+ [a-z_]+\(\)\] ", "", msg)
+                msg = re.sub(r"\([0-9.]+ -> [0-9.]+\) ", "", msg)
+                msg = re.sub(r"0x[0-9a-f]+: ", "", msg)
+                if msg not in errors:
+                    errors.append(msg)
         except OSError:
             errors = []
         r["PipeWire daemon errors during the arm"] = "; ".join(
@@ -458,7 +485,7 @@ def report(args):
         else:
             r["consumer: memory of the frames"] = "-"
             r["consumer fds at the end: memfds / dma-bufs"] = "-"
-        raw[arm] = {"producer": prod, "counts": counts,
+        raw[arm] = {"producer": prod, "counts": counts, "pipewire_errors": raw_errors.get(arm, []),
                     "consumer": {k: v for k, v in (cons or {}).items() if k != "crcs"}}
     env = {
         "date": time.strftime("%Y-%m-%d"),
