@@ -9,7 +9,7 @@ USERLAND ?= 1.26
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build docs setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak demo debug-kernel clean
+.PHONY: all build docs setup lint checkpatch module host-test meson-check deb dkms-check vm-tests vm-test vm-ready test bench soak pipewire demo debug-kernel clean
 
 all: build
 
@@ -137,6 +137,16 @@ bench: vm-ready module
 # Soak and faults (full figures; the VM suite runs a short one): results/gst-<version>/soak.md.
 soak: vm-ready
 	tests/vm/run --userland $(USERLAND) -- tests/vm/soak $(SOAK_ARGS)
+
+# GStreamer into PipeWire: what pipewiresink does with vmemexport's dma-bufs, with and without
+# it (figures, never a failure on a number): results/pipewire/measure.md. The 1.22 userland, the
+# host's root, has Debian 12's PipeWire (tests/vm/setup host installs it); the memcpy counter
+# (bench/memcpy-count) is built here and preloaded into the producer in the guest.
+pipewire: USERLAND = 1.22
+pipewire: vm-ready
+	cc -O2 -shared -fPIC -fno-builtin -fno-tree-loop-distribute-patterns \
+	  -o target/libmemcpy_count.so bench/memcpy-count/memcpy_count.c -ldl
+	tests/vm/run --userland 1.22 -- tests/vm/pipewire $(PIPEWIRE_ARGS)
 
 # The module's selftest and stress on a debug build of the testbed kernel (lockdep, DMA API
 # debugging, KASAN, ...): outside make test for its build time (19 min) and its runs (the guest
